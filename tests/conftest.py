@@ -21,7 +21,10 @@ def leet_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """State, exit code, summary and config of a run, as W&B's own reader sees the run file."""
     out = subprocess.run(
         [WANDB, "leet", "inspect", "--summary", "--json", str(run_dir)],
-        check=True, capture_output=True, text=True, timeout=60,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
     ).stdout
     return json.loads(out)
 
@@ -30,7 +33,10 @@ def leet_records(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Every record of a run file."""
     out = subprocess.run(
         [WANDB, "leet", "inspect", "--json", str(run_dir)],
-        check=True, capture_output=True, text=True, timeout=60,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
     ).stdout
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 

@@ -90,9 +90,18 @@ def test_mode_defaults_to_offline_without_credentials_and_online_with(tmp_path):
 
 def test_inherited_context_round_trip_keeps_no_secret():
     ctx = inherit.make_context(
-        {"project": "p", "entity": "e", "mode": "offline", "tags": ["x"], "config": {"api_key": "s3cret", "lr": 1},
-         "run_mode": "new"},
-        session="sess", base="sess-train-3", run_id="trial-1", sweep_id="sw",
+        {
+            "project": "p",
+            "entity": "e",
+            "mode": "offline",
+            "tags": ["x"],
+            "config": {"api_key": "s3cret", "lr": 1},
+            "run_mode": "new",
+        },
+        session="sess",
+        base="sess-train-3",
+        run_id="trial-1",
+        sweep_id="sw",
     )
     env = inherit.child_environment(ctx)
     assert "s3cret" not in json.dumps(env)
@@ -122,14 +131,20 @@ def test_ids():
 
 def test_redact_is_recursive():
     assert redact({"db_password": "x", "inner": [{"github_token": "y"}], "n": 1}) == {
-        "db_password": "***", "inner": [{"github_token": "***"}], "n": 1}
+        "db_password": "***",
+        "inner": [{"github_token": "***"}],
+        "n": 1,
+    }
 
 
-@pytest.mark.parametrize("error", [
-    ConfigError("must be one of auto", key="run_mode"),
-    ScopeError("no parent", task="t"),
-    LedgerError("locked", path="/x.db"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        ConfigError("must be one of auto", key="run_mode"),
+        ScopeError("no parent", task="t"),
+        LedgerError("locked", path="/x.db"),
+    ],
+)
 def test_every_error_pickles_with_its_fields(error):
     back = pickle.loads(pickle.dumps(error))
     assert type(back) is type(error) and str(back) == str(error) and back._fields == error._fields
@@ -152,7 +167,9 @@ def test_import_stays_light():
     import subprocess
     import sys
 
-    code = ("import sys, wandbflow; heavy = {'torch', 'wandb', 'optuna', 'papermill', 'ipywidgets', 'pandas'};"
-            "print(sorted(heavy & set(sys.modules)))")
+    code = (
+        "import sys, wandbflow; heavy = {'torch', 'wandb', 'optuna', 'papermill', 'ipywidgets', 'pandas'};"
+        "print(sorted(heavy & set(sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

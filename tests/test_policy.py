@@ -15,7 +15,11 @@ BASE = "s1-train-1"
 
 def topo(rank: int, local_rank: int, worker: int, nodes: int) -> DistributedInfo:
     return DistributedInfo(
-        rank=rank, local_rank=local_rank, world_size=2 * nodes, local_world_size=2, worker_index=worker,
+        rank=rank,
+        local_rank=local_rank,
+        world_size=2 * nodes,
+        local_world_size=2,
+        worker_index=worker,
         num_workers=nodes,
     )
 
@@ -29,9 +33,10 @@ TOPOLOGIES = {
 }
 
 
-def P(initialize, id, group=None, label=None, primary=True, finishes=True):  # noqa: N802
-    return RunPlan(initialize=initialize, reuse_parent=False, id=id, group=group, label=label, primary=primary,
-                   finishes=finishes)
+def P(initialize, id, group=None, label=None, primary=True, finishes=True):
+    return RunPlan(
+        initialize=initialize, reuse_parent=False, id=id, group=group, label=label, primary=primary, finishes=finishes
+    )
 
 
 SKIP = RunPlan(initialize=False, reuse_parent=False, id=None, group=None, label=None, primary=False, finishes=False)
@@ -52,16 +57,15 @@ EXPECTED = {
     ("shared", "global", "not-distributed"): SHARED_ERROR,
     ("shared", "global", "single-node-rank0"): P(True, BASE, label="rank-0"),
     ("shared", "global", "single-node-rank1"): P(True, BASE, label="rank-1", primary=False, finishes=False),
-    ("shared", "global", "multi-node-local0"): P(True, BASE, label="worker-1-rank-0", primary=False,
-                                                 finishes=False),
-    ("shared", "global", "multi-node-local1"): P(True, BASE, label="worker-1-rank-1", primary=False,
-                                                 finishes=False),
+    ("shared", "global", "multi-node-local0"): P(True, BASE, label="worker-1-rank-0", primary=False, finishes=False),
+    ("shared", "global", "multi-node-local1"): P(True, BASE, label="worker-1-rank-1", primary=False, finishes=False),
     ("shared", "worker", "not-distributed"): SHARED_ERROR,
     ("shared", "worker", "single-node-rank0"): P(True, BASE, label="rank-0"),
     ("shared", "worker", "single-node-rank1"): P(True, BASE, label="rank-1", primary=False, finishes=False),
     ("shared", "worker", "multi-node-local0"): P(True, f"{BASE}-worker-1", label="worker-1-rank-0"),
-    ("shared", "worker", "multi-node-local1"): P(True, f"{BASE}-worker-1", label="worker-1-rank-1",
-                                                 primary=False, finishes=False),
+    ("shared", "worker", "multi-node-local1"): P(
+        True, f"{BASE}-worker-1", label="worker-1-rank-1", primary=False, finishes=False
+    ),
     ("new", "global", "not-distributed"): P(True, BASE),
     ("new", "global", "single-node-rank0"): P(True, f"{BASE}-rank-0", group=BASE),
     ("new", "global", "single-node-rank1"): P(True, f"{BASE}-rank-1", group=BASE),
@@ -122,8 +126,9 @@ def test_parent_in_the_same_process_decides(topology):
     assert ungrouped.group == "p-1"
 
 
-@pytest.mark.parametrize(("key", "kwargs"), [("run_mode", {"run_mode": "sometimes"}),
-                                             ("rank_scope", {"rank_scope": "node"})])
+@pytest.mark.parametrize(
+    ("key", "kwargs"), [("run_mode", {"run_mode": "sometimes"}), ("rank_scope", {"rank_scope": "node"})]
+)
 def test_unknown_mode_or_scope_is_named(key, kwargs):
     args = {"run_mode": "auto", "rank_scope": "global", **kwargs}
     with pytest.raises(ConfigError) as info:
@@ -139,16 +144,20 @@ def test_distributed_info_from_torchrun_environment():
     assert get_distributed_info({}) is None
     assert get_distributed_info({"RANK": "0", "WORLD_SIZE": "1"}) is None
     single = get_distributed_info({"RANK": "1", "WORLD_SIZE": "2"})
-    assert single == DistributedInfo(rank=1, local_rank=1, world_size=2, local_world_size=2, worker_index=0,
-                                     num_workers=1)
+    assert single == DistributedInfo(
+        rank=1, local_rank=1, world_size=2, local_world_size=2, worker_index=0, num_workers=1
+    )
 
 
-@pytest.mark.parametrize(("env", "key"), [
-    ({"RANK": "x", "WORLD_SIZE": "2"}, "RANK"),
-    ({"RANK": "2", "WORLD_SIZE": "2"}, "RANK"),
-    ({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "5", "LOCAL_WORLD_SIZE": "2"}, "LOCAL_RANK"),
-    ({"RANK": "0", "WORLD_SIZE": "-1"}, "WORLD_SIZE"),
-])
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"RANK": "x", "WORLD_SIZE": "2"}, "RANK"),
+        ({"RANK": "2", "WORLD_SIZE": "2"}, "RANK"),
+        ({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "5", "LOCAL_WORLD_SIZE": "2"}, "LOCAL_RANK"),
+        ({"RANK": "0", "WORLD_SIZE": "-1"}, "WORLD_SIZE"),
+    ],
+)
 def test_bad_distributed_environment_is_named(env, key):
     with pytest.raises(ConfigError) as info:
         get_distributed_info(env)

@@ -156,9 +156,8 @@ def test_shared_without_parent_is_an_error_before_any_run(wandb_env):
     ],
 )
 def test_bad_settings_fail_before_any_run(wandb_env, settings, key):
-    with pytest.raises(ConfigError) as info:
-        with wf.task("t", **settings):
-            pytest.fail("the body must not run")
+    with pytest.raises(ConfigError) as info, wf.task("t", **settings):
+        pytest.fail("the body must not run")
     assert info.value.key == key
     with pytest.raises(ConfigError):
         wf.wandb_init(**settings)
@@ -174,10 +173,12 @@ def test_precedence_and_merge(wandb_env, monkeypatch):
     monkeypatch.setenv("WANDB_PROJECT", "from-env")
     monkeypatch.setenv("WANDB_JOB_TYPE", "env-job")
     wf.wandb_config(project="from-session", tags=["s"], config={"a": 1}, run_mode="new")
-    with wf.wandb_config(group="block-group", config={"b": 2}):
-        with wf.wandb_config(project="inner-block"):
-            with wf.task("t", config={"c": 3}) as run:
-                run_id = run.id
+    with (
+        wf.wandb_config(group="block-group", config={"b": 2}),
+        wf.wandb_config(project="inner-block"),
+        wf.task("t", config={"c": 3}) as run,
+    ):
+        run_id = run.id
     record = run_record(run_dirs(wandb_env)[run_id])
     assert record["project"] == "inner-block"
     assert record["run_group"] == "block-group", "an inner block overrides only the fields it names"
@@ -229,8 +230,8 @@ def test_each_execution_gets_a_new_id(wandb_env):
         return wf.get_wandb_run().id
 
     first, second = step(), step()
-    session = naming.session_id()
-    assert (first, second) == (f"{session}-step-1", f"{session}-step-2")
+    prefix = f"{naming.session_id()}-step-"
+    assert first.startswith(prefix) and second == f"{prefix}{int(first.removeprefix(prefix)) + 1}"
     assert set(run_dirs(wandb_env)) == {first, second}
 
 

@@ -208,13 +208,9 @@ def check_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"must be one of {', '.join(MODES)} (got {value!r})", key=key)
         elif key == "config" and not isinstance(value, Mapping):
             raise ConfigError(f"must be a mapping (got {type(value).__name__})", key=key)
-        elif key == "tags" and (
-            isinstance(value, str) or not all(isinstance(t, str) for t in value)
-        ):
+        elif key == "tags" and (isinstance(value, str) or not all(isinstance(t, str) for t in value)):
             raise ConfigError(f"must be a list of strings (got {value!r})", key=key)
-        elif key in {"project", "entity", "host", "name", "notes", "group", "job_type"} and not isinstance(
-            value, str
-        ):
+        elif key in {"project", "entity", "host", "name", "notes", "group", "job_type"} and not isinstance(value, str):
             raise ConfigError(f"must be a string (got {type(value).__name__} {value!r})", key=key)
     return {k: (list(v) if k == "tags" else v) for k, v in fields.items() if v is not None}
 

@@ -69,9 +69,7 @@ class RunCard:
         if self.state is not None:
             color = {"finished": "#2e7d32", "interrupted": "#ef6c00"}.get(self.state, "#c62828")
             duration = f" in {self.duration:.1f}s" if self.duration is not None else ""
-            rows.append(
-                ("state", f'<b style="color:{color}">{esc(self.state)}</b> (exit {self.exit_code}){duration}')
-            )
+            rows.append(("state", f'<b style="color:{color}">{esc(self.state)}</b> (exit {self.exit_code}){duration}'))
             if self.summary:
                 rows.append(("summary", esc(", ".join(f"{k}={_short(v)}" for k, v in self.summary.items()))))
         body = "".join(

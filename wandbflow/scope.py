@@ -346,8 +346,8 @@ def _run_settings(values: Mapping[str, Any], plan: policy.RunPlan) -> Any:
 
     given = values.get("settings")
     if given is None:
-        # The run card says what wandb's own banner would; wandb's warnings and errors still show.
-        settings = wandb.Settings(quiet=True)
+        # The run card says what wandb's own banner would (link or run dir and sync command).
+        settings = wandb.Settings(silent=True)
     else:
         settings = given if isinstance(given, wandb.Settings) else wandb.Settings(**dict(given))
     if values.get("host"):
@@ -361,8 +361,11 @@ def _run_settings(values: Mapping[str, Any], plan: policy.RunPlan) -> Any:
 
 
 def _hold_process_settings(mode: str) -> None:
-    """While scopes own runs, a plain ``wandb.init()`` returns the scope's run instead of finishing it or
-    asking for a login: W&B's process settings get ``reinit="return_previous"`` and the scope's mode."""
+    """Point W&B's process settings at the open scopes while any scope owns a run.
+
+    With ``reinit="return_previous"`` and the scope's mode, a plain ``wandb.init()`` returns the scope's run
+    instead of finishing it or asking for a login.
+    """
     import wandb
 
     global _open_owned, _saved_process_settings
@@ -371,7 +374,7 @@ def _hold_process_settings(mode: str) -> None:
             current = wandb.setup().settings
             _saved_process_settings = {"reinit": current.reinit, "mode": current.mode}
         _open_owned += 1
-        wandb.setup(settings=wandb.Settings(reinit="return_previous", mode=mode))
+        wandb.setup(settings=wandb.Settings(reinit="return_previous", mode=mode))  # type: ignore[arg-type]
 
 
 def _release_process_settings() -> None:
