@@ -1,0 +1,63 @@
+"""Shared pieces of the benchmarks: the Figure record, timing, interleaved A/B pairs, summaries."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Figure:
+    """One benchmark figure: ``value`` is the median ratio (or rate), ``low``/``high`` its min and max."""
+
+    id: str
+    title: str
+    value: float
+    unit: str
+    low: float
+    high: float
+    n: int
+    target: str
+    passed: bool
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def spread(values: list[float]) -> tuple[float, float, float]:
+    """Median, min and max."""
+    return statistics.median(values), min(values), max(values)
+
+
+def timed(action: Callable[[], Any]) -> float:
+    """Seconds one call of ``action`` takes."""
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+def interleaved(a: Callable[[], Any], b: Callable[[], Any], pairs: int) -> tuple[list[float], list[float]]:
+    """Time ``a`` and ``b`` alternately (A B, B A, ...) so drift hits both equally."""
+    times_a: list[float] = []
+    times_b: list[float] = []
+    for i in range(pairs):
+        if i % 2:
+            times_b.append(timed(b))
+            times_a.append(timed(a))
+        else:
+            times_a.append(timed(a))
+            times_b.append(timed(b))
+    return times_a, times_b
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
