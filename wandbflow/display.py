@@ -28,6 +28,7 @@ class RunCard:
     project: str | None = None
     group: str | None = None
     url: str | None = None
+    group_url: str | None = None
     run_dir: str | None = None
     state: str | None = None
     exit_code: int | None = None
@@ -62,7 +63,10 @@ class RunCard:
         )
         rows = [("run", f"<b>{esc(self.name)}</b> <code>{esc(self.run_id)}</code>"), ("mode", esc(self.mode))]
         if self.group:
-            rows.append(("group", esc(self.group)))
+            group = esc(self.group)
+            if self.group_url:
+                group = f'<a href="{esc(self.group_url)}" target="_blank">{group}</a>'
+            rows.append(("group", group))
         rows.append(("link" if self.url else "dir", link))
         if not self.url and self.run_dir:
             rows.append(("sync", f"<code>{esc(links.sync_command(self.run_dir))}</code>"))

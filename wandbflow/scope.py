@@ -452,13 +452,15 @@ def _summary(run: Run) -> dict[str, Any]:
 def _card(name: str, run: Run, resolved: settings_module.Resolved) -> display.RunCard:
     mode = str(run.settings.mode)
     online = mode in ("online", "shared") and not run.offline
+    host = resolved.get("host")
     return display.RunCard(
         name=name,
         run_id=run.id,
         mode=mode,
         project=run.project,
         group=run.group or None,
-        url=links.run_url(resolved.get("host"), run.entity, run.project, run.id) if online else None,
+        url=links.run_url(host, run.entity, run.project, run.id) if online else None,
+        group_url=links.group_url(host, run.entity, run.project, run.group) if online and run.group else None,
         run_dir=None if mode == "disabled" else str(run.settings.sync_dir),
     )
 
