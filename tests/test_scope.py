@@ -381,3 +381,41 @@ def test_run_dir_is_the_directory_leet_reads(wandb_env):
     with wf.task("t"):
         run_dir = wf.get_wandb_run_dir()
     assert leet_summary(run_dir)["state"] == "finished"
+
+
+def test_an_ambient_scope_parents_later_scopes_until_it_ends(wandb_env):
+    pipeline = wf.Scope("etl", {"group": "etl"}, source_kind="block", quiet=True)
+    outer = pipeline.start(ambient=True)
+    try:
+        with wf.task("step") as step_run:
+            assert step_run is outer, "auto reuses the ambient parent"
+        seen = {}
+        thread = threading.Thread(target=lambda: seen.update(run=wf.get_wandb_run()))
+        thread.start()
+        thread.join()
+        assert seen["run"] is outer, "the ambient scope spans threads (and cells)"
+        with wf.task("child", run_mode="new") as child:
+            child_id = child.id
+    finally:
+        pipeline.end()
+    assert wf.get_wandb_run() is None
+    dirs = run_dirs(wandb_env)
+    assert run_record(dirs[child_id])["run_group"] == "etl"
+    assert leet_summary(dirs[outer.id])["state"] == "finished"
+
+
+def test_online_shared_mode_settings_need_no_server():
+    """Server-free check of the settings a shared online rank gets (W&B's shared mode cannot run here)."""
+    from wandbflow.policy import plan
+    from wandbflow.scope import _run_settings
+
+    topology = {"rank": 1, "local_rank": 1, "world_size": 2, "local_world_size": 2, "worker_index": 0, "num_workers": 1}
+    secondary = plan("shared", "global", topology=topology, parent=None, base="b")
+    settings = _run_settings({"mode": "online", "host": "https://w.acme"}, secondary)
+    assert (settings.mode, settings.x_primary, settings.x_label, settings.x_update_finish_state) == (
+        "shared",
+        False,
+        "rank-1",
+        False,
+    )
+    assert settings.base_url == "https://w.acme"
