@@ -6,7 +6,6 @@ import argparse
 import importlib
 import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 from benchmarks.harness import Figure, machine
@@ -18,6 +17,10 @@ REGISTRY: dict[str, str] = {
 }
 
 
+def _num(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+
+
 def table(figures: list[Figure], info: dict) -> str:
     lines = [
         f"Measured {info['date']} on {info['cpus']} CPUs, Python {info['python']}, {info['platform']}.",
@@ -27,7 +30,7 @@ def table(figures: list[Figure], info: dict) -> str:
     ]
     for f in figures:
         lines.append(
-            f"| {f.id} | {f.title} | {f.value:.3g} {f.unit} | {f.low:.3g} to {f.high:.3g} | {f.n} | {f.target} | "
+            f"| {f.id} | {f.title} | {_num(f.value)} {f.unit} | {_num(f.low)} to {_num(f.high)} | {f.n} | {f.target} | "
             f"{'yes' if f.passed else 'no'} |"
         )
     return "\n".join(lines)
@@ -39,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="comma-separated figure ids, e.g. P2,P7")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results.json"))
     args = parser.parse_args(argv)
-    wanted = args.only.split(",") if args.only else list(REGISTRY)
+    wanted = [w.strip() for w in args.only.split(",") if w.strip()] if args.only else list(REGISTRY)
     unknown = [w for w in wanted if w not in REGISTRY]
     if unknown:
         parser.error(f"unknown figure(s) {', '.join(unknown)}; known: {', '.join(REGISTRY)}")
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     info = {**machine(), "smoke": args.smoke}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": info, "figures": [asdict(f) for f in figures]}, indent=2))
+    out.write_text(json.dumps({"machine": info, "figures": [f.to_json() for f in figures]}, indent=2))
     markdown = table(figures, info)
     out.with_suffix(".md").write_text(markdown + "\n")
     print(markdown)

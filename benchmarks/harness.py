@@ -7,13 +7,16 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
 @dataclass
 class Figure:
-    """One benchmark figure: ``value`` is the median ratio (or rate), ``low``/``high`` its min and max."""
+    """One benchmark figure: ``value`` is the median ratio (or rate) of ``n`` repeats, ``low``/``high`` min and max.
+
+    ``passed`` says whether ``value`` meets ``target``; ``details`` holds the figure's own counts (sizes, losses).
+    """
 
     id: str
     title: str
@@ -25,6 +28,10 @@ class Figure:
     target: str
     passed: bool
     details: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The figure as results.json holds it: every field, and ``median``/``min``/``max`` spelled out."""
+        return {**asdict(self), "median": self.value, "min": self.low, "max": self.high}
 
 
 def spread(values: list[float]) -> tuple[float, float, float]:

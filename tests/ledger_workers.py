@@ -1,4 +1,4 @@
-"""Module-level worker functions for the ledger's multi-process tests (picklable by spawn)."""
+"""Module-level worker functions for the ledger's multi-process tests (importable by a spawned child)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from wandbflow.ledger import Ledger, RunRecord
 
 
 def write_records(path: str, writer: int, count: int) -> None:
+    """Record ``count`` runs, each started then finished, with its index as config and summary."""
     ledger = Ledger(path)
     for i in range(count):
         run_id = f"w{writer}-r{i}"
@@ -16,6 +17,7 @@ def write_records(path: str, writer: int, count: int) -> None:
 
 
 def write_forever(path: str, committed) -> None:
+    """Record runs until killed; ``committed`` counts the records whose write has returned."""
     ledger = Ledger(path)
     i = 0
     while True:
