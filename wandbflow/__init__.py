@@ -55,6 +55,8 @@ def unload_ipython_extension(ipython: Any) -> None:
 
 
 def __getattr__(name: str) -> Any:
+    if name == "run":  # ``wandbflow.run``: the current scope's run, looked up on every access
+        return get_wandb_run()
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'wandbflow' has no attribute {name!r}")

@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from wandbflow import config as settings_module
-from wandbflow import display, inherit, links, naming, policy
+from wandbflow import display, inherit, links, naming, policy, source
 from wandbflow.errors import ConfigError
 from wandbflow.redact import redact
 from wandbflow.topology import DistributedInfo, get_distributed_info
@@ -160,6 +160,19 @@ class Scope:
             _stack.reset(self._token)
             self._token = None
         _close(frame, error)
+
+    def save_source(self, filename: str, text: str) -> None:
+        """Save ``text`` (a cell's source) into the scope's run as ``code/<filename>``; nothing on a non-logging rank.
+
+        A failure to save is logged, never raised: the record of the code must not stop the code.
+        """
+        run = self.run
+        if run is None or run.settings.mode == "disabled":
+            return
+        try:
+            source.save_source(run, filename, text)
+        except Exception:
+            logger.exception("wandbflow: could not save the source of %s into run %s", self.name, run.id)
 
     def __enter__(self) -> Run | None:
         return self.start()
@@ -313,6 +326,8 @@ def _init_run(
 
     values = resolved.values
     assert plan.id is not None
+    if values.get("resume") and values["mode"] == "offline":
+        raise ConfigError("W&B cannot resume an offline run; use mode='online'", key="resume")
     settings = _run_settings(values, plan)
     kwargs: dict[str, Any] = {
         "id": naming.fit(plan.id),
@@ -500,7 +515,7 @@ def _record_start(scope: Scope, frame: Frame, topology: DistributedInfo | None) 
             config=redact(dict(run.config)),
             source_kind=scope.source_kind,
             source=scope.source,
-            notebook=os.environ.get("WANDB_NOTEBOOK_NAME"),
+            notebook=source.notebook_path(run),
             session=naming.session_id(),
             rank=topology["rank"] if topology else None,
             local_rank=topology["local_rank"] if topology else None,
