@@ -12,6 +12,7 @@ from benchmarks.harness import Figure, machine
 
 # Figure id -> module with ``measure(smoke: bool) -> Figure``. Add a figure with one line here.
 REGISTRY: dict[str, str] = {
+    "P1": "benchmarks.p1_cell",
     "P2": "benchmarks.p2_log",
     "P7": "benchmarks.p7_ledger",
 }
