@@ -12,7 +12,15 @@ import importlib
 from typing import Any
 
 from wandbflow.config import wandb_config
-from wandbflow.errors import ConfigError, LedgerError, ScopeError, WandbflowError
+from wandbflow.errors import (
+    ConfigError,
+    LedgerError,
+    ScopeError,
+    SweepConfigError,
+    SweepError,
+    TrialPruned,
+    WandbflowError,
+)
 from wandbflow.scope import Scope, get_wandb_run, get_wandb_run_dir, task, wandb_init
 from wandbflow.topology import get_distributed_info
 
@@ -21,6 +29,11 @@ __version__ = "0.1.0"
 # Public names whose modules import heavy dependencies: loaded on first access.
 _LAZY: dict[str, str] = {
     "runs": "wandbflow.ledger",
+    "wandb_sweep_config": "wandbflow.sweeps",
+    "wandb_sweep": "wandbflow.sweeps",
+    "get_wandb_sweep_id": "wandbflow.sweeps",
+    "sweep": "wandbflow.sweeps",
+    "agent": "wandbflow.sweeps",
 }
 
 __all__ = [
@@ -28,15 +41,23 @@ __all__ = [
     "LedgerError",
     "Scope",
     "ScopeError",
+    "SweepConfigError",
+    "SweepError",
+    "TrialPruned",
     "WandbflowError",
+    "agent",
     "get_distributed_info",
     "get_wandb_run",
     "get_wandb_run_dir",
+    "get_wandb_sweep_id",
     "load_ipython_extension",
     "runs",
+    "sweep",
     "task",
     "wandb_config",
     "wandb_init",
+    "wandb_sweep",
+    "wandb_sweep_config",
 ]
 
 

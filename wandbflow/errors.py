@@ -61,3 +61,35 @@ class LedgerError(WandbflowError, RuntimeError):
 
     def __init__(self, message: str, *, path: str) -> None:
         super().__init__(message, path=path)
+
+
+class SweepConfigError(ConfigError):
+    """A sweep config is invalid: an unknown method or distribution, ``min >= max``, empty ``values``, ...
+
+    Raised by ``wandb_sweep_config``, ``load_config``, ``sweep()`` and ``wandbflow sweep create`` before any sweep,
+    study or run exists. ``key`` is the dotted path of the offending entry
+    (``parameters.optimizer.parameters.momentum.max``), and the message starts with it.
+    """
+
+
+class SweepError(WandbflowError, RuntimeError):
+    """A sweep cannot be found, created or served as asked.
+
+    Raised for an unknown sweep id, a ``@wandb_sweep`` step with no sweep config, or an engine asked for something
+    it does not do (the W&B engine hands trials only to its own agents). ``sweep_id`` names the sweep, None when
+    there is none yet.
+    """
+
+    def __init__(self, message: str, *, sweep_id: str | None) -> None:
+        super().__init__(message, sweep_id=sweep_id)
+
+
+class TrialPruned(WandbflowError):
+    """Raised by a sweep trial's ``run.log`` when the sweep's early termination (hyperband) stops the trial.
+
+    The trial is recorded as pruned, not failed, and the sweep goes on. ``trial`` is the trial number, ``step``
+    how many times the trial had logged the sweep's metric, ``value`` the value that decided it.
+    """
+
+    def __init__(self, message: str, *, trial: int, step: int, value: float) -> None:
+        super().__init__(message, trial=trial, step=step, value=value)
