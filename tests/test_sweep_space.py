@@ -150,7 +150,9 @@ def test_hyperband_maps_onto_optunas_pruner(early_terminate, expected):
     assert (pruner._min_resource, pruner._max_resource, pruner._reduction_factor) == expected
 
 
-@pytest.mark.parametrize(("a", "b", "x", "cdf"), [(2.0, 5.0, 0.3, 0.579825), (1.0, 1.0, 0.42, 0.42), (0.5, 0.5, 0.5, 0.5)])
+@pytest.mark.parametrize(
+    ("a", "b", "x", "cdf"), [(2.0, 5.0, 0.3, 0.579825), (1.0, 1.0, 0.42, 0.42), (0.5, 0.5, 0.5, 0.5)]
+)
 def test_beta_inverse_cdf(a, b, x, cdf):
     assert space._betainc(a, b, x) == pytest.approx(cdf, abs=1e-6)
     assert space.beta_ppf(cdf, a, b) == pytest.approx(x, abs=1e-6)
