@@ -7,15 +7,20 @@ registered in :data:`COMMANDS`. Handlers import what they use, so ``wandbflow --
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
+import os
+import shlex
+import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from wandbflow import __version__
-from wandbflow.errors import WandbflowError
+from wandbflow.errors import ConfigError, WandbflowError
 
 #: The columns ``wandbflow runs`` prints as a table.
 RUNS_COLUMNS = ["run_id", "state", "exit_code", "project", "group", "job_type", "mode", "started", "duration", "dir"]
@@ -87,10 +92,134 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.dir)
 
 
+def _engine_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--engine",
+        choices=["local", "wandb"],
+        help="local (Optuna) or wandb (W&B's server); default: wandb when runs go online, else local",
+    )
+    parser.add_argument(
+        "--storage",
+        metavar="URL",
+        help="where local sweeps live: an RDB URL (postgresql://...) or an SQLite file "
+        "(default: $WANDBFLOW_SWEEP_STORAGE, else sweeps.db beside the ledger)",
+    )
+
+
+def _declare_sweep(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for name, command in SWEEP_COMMANDS.items():
+        command.declare(actions.add_parser(name, help=command.help, description=command.help))
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    return SWEEP_COMMANDS[args.action].handle(args)
+
+
+def _declare_sweep_create(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", metavar="CONFIG.yaml", help="a W&B sweep config")
+    _engine_options(parser)
+    parser.add_argument("--project", help="the W&B project of the trials (default: the config's)")
+    parser.add_argument("--entity", help="the W&B entity of the trials (default: the config's)")
+
+
+def _sweep_create(args: argparse.Namespace) -> int:
+    from wandbflow.sweeps import load_config, sweep
+
+    created = sweep(
+        load_config(args.config), engine=args.engine, storage=args.storage, project=args.project, entity=args.entity
+    )
+    print(created.id)
+    return 0
+
+
+def _declare_agent(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sweep_id", metavar="SWEEP_ID")
+    trial = parser.add_mutually_exclusive_group(required=True)
+    trial.add_argument(
+        "--function",
+        metavar="MODULE:FUNCTION",
+        help="call this function once per trial (importable from the working directory)",
+    )
+    parser.add_argument("--count", type=_positive_int, help="the most trials this agent runs (default: until done)")
+    _engine_options(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _agent(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from wandbflow.sweeps import agent, load
+
+    function = _import_function(args.function)
+    target = load(args.sweep_id, engine=args.engine, storage=args.storage)
+    ran = agent(target, function, count=args.count, progress=not args.no_progress)
+    states = Counter(trial.state for trial in target.records())
+    tally = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+    print(f"sweep {target.id}: {ran} trials run by this agent; all trials: {tally}")
+    return 0
+
+
+def _import_function(spec: str) -> Callable[[], Any]:
+    module_name, colon, name = spec.partition(":")
+    if not colon or not module_name or not name:
+        raise ConfigError(f"must be MODULE:FUNCTION (got {spec!r})", key="--function")
+    if os.getcwd() not in sys.path:  # as `python -m` would
+        sys.path.insert(0, os.getcwd())
+    try:
+        found: Any = importlib.import_module(module_name)
+        for part in name.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError) as error:
+        raise ConfigError(f"cannot import {spec}: {error}", key="--function") from error
+    if not callable(found):
+        raise ConfigError(f"{spec} is not callable", key="--function")
+    return found  # type: ignore[no-any-return]
+
+
+def _declare_sync(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sweep", dest="sweep_id", metavar="ID", help="only the trials of this sweep")
+    parser.add_argument("--session", metavar="ID", help="only the runs of this session")
+    parser.add_argument("--dry-run", action="store_true", help="print the wandb sync command instead of running it")
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from wandbflow.ledger import Ledger, default_path
+
+    ledger = Ledger(default_path())
+    if not ledger.path.exists():
+        print(f"no ledger at {ledger.path}", file=sys.stderr)
+        return 0
+    filters = {key: value for key in ("sweep_id", "session") if (value := getattr(args, key)) is not None}
+    records = reversed(ledger.records(mode="offline", **filters))  # oldest first
+    dirs = [r.dir for r in records if r.dir and os.path.isdir(r.dir)]
+    if not dirs:
+        print("no offline runs to sync")
+        return 0
+    command = [wandb_executable(), "sync", *dirs]
+    print(shlex.join(command))
+    if args.dry_run:
+        return 0
+    return subprocess.run(command, check=False).returncode
+
+
+def wandb_executable() -> str:
+    """The ``wandb`` command: the one on PATH, else the one installed beside this Python."""
+    return shutil.which("wandb") or os.path.join(os.path.dirname(sys.executable), "wandb")
+
+
 # Every subcommand, in the order ``--help`` lists them. Add one with a line here.
 COMMANDS: dict[str, Command] = {
     "runs": Command("print the runs the ledger knows, newest first", _declare_runs, _runs),
+    "sweep": Command("create sweeps (wandbflow sweep create CONFIG.yaml)", _declare_sweep, _sweep),
+    "agent": Command("serve a sweep: run its trials here until --count or the sweep is done", _declare_agent, _agent),
+    "sync": Command("upload the offline runs the ledger knows with wandb sync", _declare_sync, _sync),
     "demo": Command("run the demo on the embedded default (offline W&B, no account)", _declare_demo, _demo),
+}
+
+# The actions of ``wandbflow sweep``.
+SWEEP_COMMANDS: dict[str, Command] = {
+    "create": Command("validate a sweep config, create the sweep, print its id", _declare_sweep_create, _sweep_create),
 }
 
 
