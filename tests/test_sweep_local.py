@@ -13,6 +13,7 @@ from pathlib import Path
 import optuna
 import pytest
 import sweep_workers
+import wandb
 from conftest import leet_records, leet_summary, run_record
 
 import wandbflow as wf
@@ -119,10 +120,9 @@ def test_hyperband_prunes_a_trial_whose_metric_is_bad(wandb_env):
     logged = []
 
     def bad():
-        run = wf.get_wandb_run()
         try:
             for _ in range(10):
-                run.log({"loss": 100.0})
+                wandb.log({"loss": 100.0})  # the module-level log goes through the watch too
                 logged.append(1)
         except TrialPruned as pruned:
             assert should_prune() and (pruned.trial, pruned.step) == (2, 4)
@@ -256,6 +256,15 @@ def test_an_external_runner_drives_the_sweep_with_ask_tell_and_watch(wandb_env, 
     assert sweep.tell(assignment, "failed") == "pruned", "a trial its pruner stopped is pruned, whatever was told"
     assert sweep.tell(assignment, "finished", 0.0) == "pruned", "the first tell counts"
     assert ledger(wandb_env).get(assignment.run_id).state == "pruned"
+
+
+def test_tell_without_a_value_reads_the_metric_from_the_runs_ledger_summary(wandb_env):
+    sweep = wf.sweep({"method": "random", "metric": {"name": "loss"}, "parameters": {"a": {"values": [1]}}})
+    assignment = sweep.ask()
+    with wf.task(f"trial-{assignment.number}", quiet=True, **assignment.settings()) as run:
+        run.log({"loss": 0.75})
+    assert sweep.tell(assignment, "finished") == "finished"
+    assert sweep.records()[0].value == 0.75 and sweep.best().run_id == assignment.run_id
 
 
 def test_reattach_by_id_and_reference_and_stop(wandb_env):

@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from wandbflow.sweeps import space
-from wandbflow.sweeps.spec import validate
+from wandbflow.sweeps.validate import validate
 
 PARAMETERS = {
     "const": {"value": "fixed"},

@@ -10,7 +10,8 @@ from conftest import run_dirs
 import wandbflow as wf
 from wandbflow.errors import ConfigError, SweepConfigError, SweepError, TrialPruned
 from wandbflow.sweeps import load_config
-from wandbflow.sweeps.spec import current_config, reset_session_config, validate
+from wandbflow.sweeps.spec import current_config, reset_session_config
+from wandbflow.sweeps.validate import validate
 
 
 @pytest.fixture(autouse=True)

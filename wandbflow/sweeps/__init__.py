@@ -16,9 +16,10 @@ from wandbflow.sweeps.engines import (
     TrialRecord,
     get_engine,
 )
-from wandbflow.sweeps.spec import SweepConfig, load_config, wandb_sweep_config
+from wandbflow.sweeps.spec import SweepConfig
 from wandbflow.sweeps.sweep import Sweep, agent, attach, load, sweep
 from wandbflow.sweeps.trial import TrialWatch, should_prune, watch
+from wandbflow.sweeps.validate import load_config, wandb_sweep_config
 
 __all__ = [
     "TRIAL_STATES",

@@ -16,8 +16,9 @@ from typing import Any, TypeVar, overload
 from wandbflow import inherit
 from wandbflow.errors import ConfigError, SweepError
 from wandbflow.sweeps.engines import SweepEngine
-from wandbflow.sweeps.spec import SweepConfig, current_config, validate
+from wandbflow.sweeps.spec import SweepConfig, current_config
 from wandbflow.sweeps.trial import active_sweep_id, using_sweep
+from wandbflow.sweeps.validate import validate
 
 F = TypeVar("F", bound=Callable[..., Any])
 

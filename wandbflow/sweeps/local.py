@@ -27,7 +27,8 @@ from wandbflow.ledger import default_path
 from wandbflow.sweeps import space
 from wandbflow.sweeps.engines import SweepEngine, SweepInfo, TrialAssignment, TrialMonitor, TrialRecord
 from wandbflow.sweeps.slots import SlotStore
-from wandbflow.sweeps.spec import SweepConfig, validate
+from wandbflow.sweeps.spec import SweepConfig
+from wandbflow.sweeps.validate import validate
 
 #: The environment variable naming the default storage of local sweeps (an RDB URL or an SQLite file).
 STORAGE_ENV = "WANDBFLOW_SWEEP_STORAGE"

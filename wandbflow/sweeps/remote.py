@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from wandbflow.errors import SweepError
 from wandbflow.sweeps.engines import TRIAL_JOB_TYPE, OnTrial, SweepEngine, SweepInfo, TrialAssignment, TrialRecord
-from wandbflow.sweeps.spec import TOP_KEYS, SweepConfig, validate
+from wandbflow.sweeps.spec import TOP_KEYS, SweepConfig
+from wandbflow.sweeps.validate import validate
 
 if TYPE_CHECKING:
     from wandbflow.sweeps.sweep import Sweep

@@ -26,7 +26,8 @@ from wandbflow.sweeps.engines import (
     parse_ref,
     this_worker,
 )
-from wandbflow.sweeps.spec import SweepConfig, validate
+from wandbflow.sweeps.spec import SweepConfig
+from wandbflow.sweeps.validate import validate
 
 if TYPE_CHECKING:
     import pandas as pd
