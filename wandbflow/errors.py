@@ -63,6 +63,48 @@ class LedgerError(WandbflowError, RuntimeError):
         super().__init__(message, path=path)
 
 
+class LaunchError(WandbflowError, RuntimeError):
+    """A launched rank failed, or the launch timed out; raised by :func:`wandbflow.launch` after every rank is gone.
+
+    Also raised before any rank starts when something the ranks need cannot be pickled (the message names it).
+    Fields: ``rank`` (global rank of the first rank that failed; None on a timeout or before the start), ``pid``,
+    ``exit_code`` (the rank's exit status, None when it died of a signal), ``signal`` (the signal's name, e.g.
+    ``SIGKILL``, when it died of one), ``error_type`` (the exception's class name when the rank raised) and
+    ``traceback`` (the rank's own traceback text, also part of the message).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        rank: int | None = None,
+        pid: int | None = None,
+        exit_code: int | None = None,
+        signal: str | None = None,
+        error_type: str | None = None,
+        traceback: str | None = None,
+    ) -> None:
+        super().__init__(
+            message,
+            rank=rank,
+            pid=pid,
+            exit_code=exit_code,
+            signal=signal,
+            error_type=error_type,
+            traceback=traceback,
+        )
+
+
+class RelayError(WandbflowError, RuntimeError):
+    """A rank logged to an offline shared run after its scope ended (its relay to the primary is closed).
+
+    ``run_id`` is the shared run, ``label`` the rank's label in it (``rank-1``).
+    """
+
+    def __init__(self, message: str, *, run_id: str, label: str) -> None:
+        super().__init__(message, run_id=run_id, label=label)
+
+
 class SweepConfigError(ConfigError):
     """A sweep config is invalid: an unknown method or distribution, ``min >= max``, empty ``values``, ...
 

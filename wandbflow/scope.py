@@ -23,10 +23,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
 
 from wandbflow import config as settings_module
-from wandbflow import display, inherit, links, naming, policy, source
+from wandbflow import display, inherit, links, naming, policy, relay, source
 from wandbflow.errors import ConfigError
 from wandbflow.redact import redact
 from wandbflow.topology import DistributedInfo, get_distributed_info
@@ -80,6 +80,18 @@ def current_frame() -> Frame | None:
         return _ambient[-1] if _ambient else None
 
 
+def forget_parent_scopes() -> None:
+    """Drop the open scopes a forked process inherited: their runs belong to the process it was forked from.
+
+    ``wandbflow.launch`` calls it first thing in a forked rank, which then starts, like a spawned one, with no
+    scope open.
+    """
+    global _open_owned
+    _ambient.clear()
+    _stack.set(())
+    _open_owned = 0
+
+
 def get_wandb_run() -> Run | None:
     """The run of the innermost open scope, or None (no scope, or a rank that does not log)."""
     frame = current_frame()
@@ -89,7 +101,7 @@ def get_wandb_run() -> Run | None:
 def get_wandb_run_dir() -> str | None:
     """The local directory of the current scope's run (what ``wandb sync`` and ``wandb leet`` take), or None."""
     run = get_wandb_run()
-    if run is None or run.settings.mode == "disabled":
+    if run is None or isinstance(run, relay.RelayRun) or run.settings.mode == "disabled":
         return None
     return str(run.settings.sync_dir)
 
@@ -167,7 +179,7 @@ class Scope:
         A failure to save is logged, never raised: the record of the code must not stop the code.
         """
         run = self.run
-        if run is None or run.settings.mode == "disabled":
+        if run is None or isinstance(run, relay.RelayRun) or run.settings.mode == "disabled":
             return
         try:
             source.save_source(run, filename, text)
@@ -302,10 +314,19 @@ def _open(scope: Scope) -> Frame:
         block_depth=settings_module.block_depth(),
         quiet=scope.quiet,
     )
+    offline_shared = plan.shared and resolved.values["mode"] == "offline"
     if plan.reuse_parent:
         frame.run = parent_run
+    elif plan.initialize and offline_shared and not plan.primary:
+        frame.run = _relay_sender(resolved, plan)
+        frame.extra["relay"] = frame.run
     elif plan.initialize:
         frame.run = _init_run(scope, resolved, plan, topology)
+        if offline_shared:
+            try:
+                frame.extra["relay"] = _relay_server(frame.run, resolved, topology)
+            except OSError:  # the other ranks then write to their fallback files; this rank's run goes on
+                logger.exception("wandbflow: could not serve the relay of run %s", frame.run.id)
         frame.owns = True
         try:
             frame.ledger = _record_start(scope, frame, topology)
@@ -411,9 +432,13 @@ def _global_run() -> Run | None:
 
 def _set_global_run(run: Run) -> None:
     # wandb's module-global setter is private; tests/test_scope.py pins its behaviour.
+    from wandb.sdk.lib import module
     from wandb.sdk.wandb_init import _set_global_run as set_global
 
-    set_global(run)
+    if isinstance(run, relay.RelayRun):
+        module.set_global(log=run.log)  # a relaying rank has no run of its own, only ``log``
+    else:
+        set_global(run)
 
 
 def _restore_globals(frame: Frame) -> None:
@@ -421,10 +446,14 @@ def _restore_globals(frame: Frame) -> None:
 
     parent = current_frame()
     for candidate in (parent.run if parent else None, frame.previous_global):
-        if candidate is not None and not candidate._is_finished:
+        if candidate is not None and not _finished(candidate):
             _set_global_run(candidate)
             return
     module.unset_globals()
+
+
+def _finished(run: Run) -> bool:
+    return run.closed if isinstance(run, relay.RelayRun) else run._is_finished
 
 
 def _close(frame: Frame, error: BaseException | None) -> None:
@@ -432,10 +461,38 @@ def _close(frame: Frame, error: BaseException | None) -> None:
     if run is None:
         return
     try:
-        if frame.owns:
-            _finish_owned(frame, run, exit_code_for(error), error)
+        transport = frame.extra.pop("relay", None)
+        try:
+            if transport is not None:  # the relayed rows reach the run before it finishes
+                transport.close(error)
+        finally:
+            if frame.owns:
+                _finish_owned(frame, run, exit_code_for(error), error)
     finally:
         _restore_globals(frame)
+
+
+def _relay_sender(resolved: settings_module.Resolved, plan: policy.RunPlan) -> Run:
+    """A non-primary rank's stand-in run: its ``log`` calls go to the primary (W&B has no offline shared mode)."""
+    assert plan.id is not None and plan.label is not None
+    run_id = naming.fit(plan.id)
+    root = resolved.get("dir") or os.environ.get("WANDB_DIR") or os.getcwd()
+    sender = relay.RelayRun(
+        run_id,
+        plan.label,
+        path=relay.socket_path(run_id),
+        fallback=relay.fallback_path(root, run_id, plan.label),
+        wait=relay.timeout(),
+    )
+    return cast("Run", sender)
+
+
+def _relay_server(run: Run, resolved: settings_module.Resolved, topology: DistributedInfo | None) -> relay.RelayServer:
+    """The primary's relay: it logs what the scope's other ranks send, before the run finishes."""
+    assert topology is not None
+    per_worker = resolved.values["rank_scope"] == "worker"
+    peers = (topology["local_world_size"] if per_worker else topology["world_size"]) - 1
+    return relay.RelayServer(run, path=relay.socket_path(run.id), peers=peers, wait=relay.timeout())
 
 
 def _finish_owned(frame: Frame, run: Run, exit_code: int, error: BaseException | None) -> None:
