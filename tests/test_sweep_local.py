@@ -185,6 +185,17 @@ def test_keyboard_interrupt_ends_the_trial_and_propagates(wandb_env):
     assert trial.state == "interrupted" and ledger(wandb_env).get(trial.run_id).exit_code == 255
 
 
+def test_a_trial_whose_run_cannot_start_is_failed_and_the_error_propagates(wandb_env, monkeypatch):
+    def no_run(*args, **kwargs):
+        raise RuntimeError("no run today")
+
+    monkeypatch.setattr("wandbflow.scope._init_run", no_run)
+    sweep = wf.sweep({"method": "random", "parameters": {"a": {"values": [1]}}})
+    with pytest.raises(RuntimeError, match="no run today"):
+        wf.agent(sweep, sweep_workers.objective, progress=False)
+    assert [r.state for r in sweep.records()] == ["failed"]
+
+
 @pytest.mark.timeout(180)
 def test_processes_serving_one_sweep_never_pass_run_cap_nor_repeat_a_grid_point(wandb_env, tmp_path):
     grid = wf.sweep({"method": "grid", "parameters": GRID, "run_cap": 100})

@@ -196,14 +196,14 @@ def _sync(args: argparse.Namespace) -> int:
     if not dirs:
         print("no offline runs to sync")
         return 0
-    command = [wandb_executable(), "sync", *dirs]
+    command = [_wandb_executable(), "sync", *dirs]
     print(shlex.join(command))
     if args.dry_run:
         return 0
     return subprocess.run(command, check=False).returncode
 
 
-def wandb_executable() -> str:
+def _wandb_executable() -> str:
     """The ``wandb`` command: the one on PATH, else the one installed beside this Python."""
     return shutil.which("wandb") or os.path.join(os.path.dirname(sys.executable), "wandb")
 

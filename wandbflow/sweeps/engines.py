@@ -59,7 +59,7 @@ class SweepInfo:
 
     @property
     def ref(self) -> str:
-        """The sweep reference another process attaches with (``{location}#{sweep_id}``, see :func:`parse_ref`)."""
+        """The reference another process attaches with: ``{engine}:{location}#{sweep_id}`` (see :func:`parse_ref`)."""
         return f"{self.engine}:{self.location or ''}#{self.sweep_id}"
 
 
@@ -239,8 +239,8 @@ class SweepEngine(ABC):
                 break
             try:
                 state, value = run_trial(sweep, assignment.number, assignment.settings(), function)
-            except BaseException:
-                sweep.tell(assignment, "interrupted")
+            except BaseException as error:  # the trial's run could not start, or KeyboardInterrupt
+                sweep.tell(assignment, "interrupted" if isinstance(error, KeyboardInterrupt) else "failed")
                 raise
             state = sweep.tell(assignment, state, value)
             done += 1

@@ -24,8 +24,6 @@ from typing import Any
 
 import sqlalchemy as sa
 
-SWEEP_STATES = ("running", "complete", "stopped")
-
 _metadata = sa.MetaData()
 SWEEPS = sa.Table(
     "wandbflow_sweeps",
