@@ -14,6 +14,7 @@ from typing import Any
 from wandbflow.config import wandb_config
 from wandbflow.errors import (
     ConfigError,
+    LaunchError,
     LedgerError,
     ScopeError,
     SweepConfigError,
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 # Public names whose modules import heavy dependencies: loaded on first access.
 _LAZY: dict[str, str] = {
     "runs": "wandbflow.ledger",
+    "launch": "wandbflow.launcher",
     "wandb_sweep_config": "wandbflow.sweeps",
     "wandb_sweep": "wandbflow.sweeps",
     "get_wandb_sweep_id": "wandbflow.sweeps",
@@ -38,6 +40,7 @@ _LAZY: dict[str, str] = {
 
 __all__ = [
     "ConfigError",
+    "LaunchError",
     "LedgerError",
     "Scope",
     "ScopeError",
@@ -50,6 +53,7 @@ __all__ = [
     "get_wandb_run",
     "get_wandb_run_dir",
     "get_wandb_sweep_id",
+    "launch",
     "load_ipython_extension",
     "runs",
     "sweep",
