@@ -14,6 +14,8 @@ from benchmarks.harness import Figure, machine
 REGISTRY: dict[str, str] = {
     "P1": "benchmarks.p1_cell",
     "P2": "benchmarks.p2_log",
+    "P3": "benchmarks.p3_launch",
+    "P4": "benchmarks.p4_relay",
     "P7": "benchmarks.p7_ledger",
 }
 
