@@ -112,8 +112,7 @@ def launch(
     modes = config.check_fields({"run_mode": run_mode, "rank_scope": rank_scope})
     options = _options(nproc_per_node, nnodes, node_rank, master_addr, master_port, backend, start_method, timeout)
     task = _FunctionTask(fn, args, dict(kwargs or {}), modes if run_mode is not None else None)
-    results, _ = _launch(task, options, _name(fn), modes)
-    return results
+    return _launch(task, options, _name(fn), modes).results
 
 
 @dataclass
@@ -175,15 +174,15 @@ def launch_cell(
     _compile(source, name)
     options = _options(nproc_per_node, nnodes, None, None, None, backend, start_method, timeout)
     task = _CellTask(source, dict(namespace), name, checked, save_code)
-    results, pids = _launch(task, options, name, {})
-    variables, value, skipped = results[0]
+    launched = _launch(task, options, name, {})
+    variables, value, skipped = launched.results[0]
     if skipped:
         logger.warning("wandbflow: rank 0's %s cannot be pickled and stayed on the rank", ", ".join(skipped))
     return CellResult(
         variables={k: pickle.loads(v) for k, v in variables.items()},
         value=pickle.loads(value),
         skipped=skipped,
-        runs=_cards(pids),
+        runs=_cards(launched),
     )
 
 
@@ -457,11 +456,23 @@ class _Spec:
         }
 
 
-def _launch(task: _Task, options: _Options, name: str, modes: dict[str, Any]) -> tuple[list[Any], list[int]]:
-    """Start the ranks, copy their output here, wait; return their results and pids."""
+@dataclass
+class _Launched:
+    results: list[Any]  # in rank order
+    pids: list[int]
+    ledger: Path  # where the ranks record their runs
+
+
+def _launch(task: _Task, options: _Options, name: str, modes: dict[str, Any]) -> _Launched:
+    """Start the ranks, copy their output here, wait; return their results."""
+    from wandbflow.ledger import default_path
+
     method = _choose_start_method(options.start_method)
     payload: Any = task if method == "fork" else task.shipped()
-    context, inherited_modes = _context(name)
+    context, resolved = _context(name)
+    # run_mode/rank_scope set in this process (wandb_config) reach the ranks' scopes; the context does not carry them
+    inherited_modes = {k: resolved.get(k) for k in ("run_mode", "rank_scope") if resolved.sources.get(k) != "default"}
+    ledger = default_path(resolved.get("dir"))
     count = options.local_ranks
     ctx = torch_mp.get_context(method)
     pipes = [(ctx.Pipe(duplex=False), ctx.Pipe(duplex=False)) for _ in range(count)]
@@ -484,18 +495,16 @@ def _launch(task: _Task, options: _Options, name: str, modes: dict[str, Any]) ->
             out_end.close()
             err_end.close()
         output.start()
-        _watch(processes, spec)
-        return [_result(spec, i, process) for i, process in enumerate(processes.processes)], processes.pids()
+        _watch(processes, spec, ledger)
+        results = [_result(spec, i, process) for i, process in enumerate(processes.processes)]
+        return _Launched(results, processes.pids(), ledger)
     finally:
         output.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _context(name: str) -> tuple[inherit.InheritedContext, dict[str, Any]]:
-    """What every rank inherits: this session, the resolved settings, a new base id for the launched task.
-
-    Also the run_mode/rank_scope this process set (``wandb_config``), which the context does not carry.
-    """
+def _context(name: str) -> tuple[inherit.InheritedContext, config.Resolved]:
+    """What every rank inherits: this session, the resolved settings, a new base id for the launched task."""
     parent = scope.current_frame()
     resolved = config.resolve(
         parent=parent.resolved if parent is not None else None,
@@ -510,8 +519,7 @@ def _context(name: str) -> tuple[inherit.InheritedContext, dict[str, Any]]:
         trial_id=own.trial_id if own else None,
         notebook=own.notebook if own else None,
     )
-    modes = {k: resolved.values[k] for k in ("run_mode", "rank_scope") if resolved.sources.get(k) != "default"}
-    return context, modes
+    return context, resolved
 
 
 def _start(spec: _Spec, method: str, count: int) -> Any:
@@ -540,7 +548,7 @@ def _without_wandb_service() -> Iterator[None]:
             os.environ["WANDB_SERVICE"] = saved
 
 
-def _watch(processes: Any, spec: _Spec) -> None:
+def _watch(processes: Any, spec: _Spec, ledger: Path) -> None:
     """Wait for every rank; on a failure, timeout or Ctrl-C stop them all and say why."""
     limit = spec.options.timeout
     deadline = None if limit is None else time.monotonic() + limit
@@ -550,15 +558,15 @@ def _watch(processes: Any, spec: _Spec) -> None:
         ):
             if deadline is not None and time.monotonic() >= deadline:
                 _stop(processes.processes)
-                _mark_crashed(processes.processes)
+                _mark_crashed(processes.processes, ledger)
                 pids = ", ".join(str(p) for p in processes.pids())
                 raise LaunchError(f"the launch timed out after {limit:g}s; every rank was stopped (pids {pids})")
     except ProcessException as failure:
-        _mark_crashed(processes.processes)
+        _mark_crashed(processes.processes, ledger)
         raise _failure(failure, processes.processes, spec) from None
     except BaseException:  # Ctrl-C in the cell (or any error here): no rank may outlive the call
         _stop(processes.processes)
-        _mark_crashed(processes.processes)
+        _mark_crashed(processes.processes, ledger)
         raise
 
 
@@ -650,27 +658,24 @@ def _load(path: Path) -> Any:
         return pickle.load(source)
 
 
-def _ledger() -> Ledger | None:
-    """The ledger the ranks write to (they resolve the same settings), None while it does not exist."""
-    from wandbflow.ledger import Ledger, default_path
+def _runs_of(path: Path, pids: list[int]) -> tuple[Ledger, list[RunRecord]]:
+    """The ledger at ``path`` and the runs that this session's ranks ``pids`` opened (none without a ledger)."""
+    from wandbflow.ledger import Ledger
 
-    path = default_path(config.resolve().get("dir"))
-    return Ledger(path) if path.exists() else None
-
-
-def _runs_of(ledger: Ledger, pids: list[int]) -> list[RunRecord]:
-    """The runs that this session's ranks ``pids`` opened."""
-    return [r for r in ledger.records(session=naming.session_id()) if r.pid in pids]
+    ledger = Ledger(path)
+    if not path.exists():
+        return ledger, []
+    return ledger, [r for r in ledger.records(session=naming.session_id()) if r.pid in pids]
 
 
-def _mark_crashed(processes: list[Any]) -> None:
+def _mark_crashed(processes: list[Any], path: Path) -> None:
     """Record as crashed the runs of ranks that died without finishing them (a signal, ``os._exit``)."""
     ended = {p.pid: p.exitcode for p in processes if p.exitcode not in (0, None)}
+    if not ended:
+        return
     try:
-        ledger = _ledger() if ended else None
-        if ledger is None:
-            return
-        for row in _runs_of(ledger, list(ended)):
+        ledger, rows = _runs_of(path, list(ended))
+        for row in rows:
             if row.state != "running":
                 continue
             code = ended[row.pid]
@@ -684,10 +689,9 @@ def _mark_crashed(processes: list[Any]) -> None:
         logger.exception("wandbflow: could not record the crashed ranks' runs in the ledger")
 
 
-def _cards(pids: list[int]) -> list[display.RunCard]:
+def _cards(launched: _Launched) -> list[display.RunCard]:
     """A card per run the ranks opened, as the ledger recorded it."""
-    ledger = _ledger()
-    rows = _runs_of(ledger, pids) if ledger is not None else []
+    _, rows = _runs_of(launched.ledger, launched.pids)
     cards = []
     for row in sorted(rows, key=lambda r: (r.started_at or 0.0, r.run_id)):
         duration = None
