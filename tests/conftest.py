@@ -47,10 +47,15 @@ def run_record(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def run_dirs(root: Path) -> dict[str, Path]:
-    """Run id -> run directory, for every offline run under ``root``/wandb."""
+    """Run id -> run directory, for every offline run under ``root``/wandb.
+
+    Only directories holding a run file count: a plain ``wandb.init()`` that returns an open run (our scopes make it
+    do that) still leaves an empty log directory behind, a wandb quirk.
+    """
     found: dict[str, Path] = {}
     for path in sorted((root / "wandb").glob("offline-run-*")):
-        found[path.name.split("-", 3)[-1]] = path
+        if any(path.glob("run-*.wandb")):
+            found[path.name.split("-", 3)[-1]] = path
     return found
 
 

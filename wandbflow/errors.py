@@ -135,3 +135,48 @@ class TrialPruned(WandbflowError):
 
     def __init__(self, message: str, *, trial: int, step: int, value: float) -> None:
         super().__init__(message, trial=trial, step=step, value=value)
+
+
+class NotebookError(WandbflowError, ValueError):
+    """A notebook cannot be run as asked.
+
+    A missing file, no cell tagged ``parameters``, a parameter its parameters cell does not define, a secret passed
+    as a parameter, a kernel that will not start. Raised before the notebook runs. ``path`` is the notebook,
+    ``parameter`` the offending parameter, if any.
+    """
+
+    def __init__(self, message: str, *, path: str, parameter: str | None = None) -> None:
+        super().__init__(message, path=path, parameter=parameter)
+
+
+class NotebookExecutionError(WandbflowError, RuntimeError):
+    """A notebook run did not finish: a cell raised, the kernel died, or it ran past its timeout.
+
+    ``state`` is failed, interrupted or crashed; ``cell_index`` (0-based, in the executed notebook; None when no cell
+    is to blame),
+    ``ename`` and ``evalue`` say what failed; ``output`` is the executed notebook, saved also on failure;
+    ``run_id`` is the run that recorded it.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str,
+        state: str,
+        run_id: str | None = None,
+        output: str | None = None,
+        cell_index: int | None = None,
+        ename: str | None = None,
+        evalue: str | None = None,
+    ) -> None:
+        super().__init__(
+            message,
+            path=path,
+            state=state,
+            run_id=run_id,
+            output=output,
+            cell_index=cell_index,
+            ename=ename,
+            evalue=evalue,
+        )

@@ -72,6 +72,7 @@ class RunRecord:
     pid: int | None = None
     host: str | None = None
     error: str | None = None
+    output: str | None = None
 
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(RunRecord))
@@ -180,6 +181,14 @@ class Ledger:
             (exit_code, signal, error, time.time(), run_id),
         )
         return changed > 0
+
+    def set_output(self, run_id: str, output: str) -> None:
+        """Link a run to the executed notebook it produced (a notebook trial's output).
+
+        Raises:
+            LedgerError: The ledger cannot be opened or written.
+        """
+        self._write("UPDATE runs SET output = ? WHERE run_id = ?", (output, run_id))
 
     def get(self, run_id: str) -> RunRecord | None:
         """The record of one run, or None when the ledger does not know it."""

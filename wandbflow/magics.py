@@ -139,7 +139,7 @@ class WandbMagics(Magics):
         _call(scope.start)
         try:
             if args.save_code:
-                scope.save_source(f"{name}.py", cell)
+                scope.save_file(f"code/{name}.py", cell)
             result = _execute(shell, code)
         except BaseException as error:
             scope.end(error)

@@ -173,8 +173,10 @@ class Scope:
             self._token = None
         _close(frame, error)
 
-    def save_source(self, filename: str, text: str) -> None:
-        """Save ``text`` (a cell's source) into the scope's run as ``code/<filename>``; nothing on a non-logging rank.
+    def save_file(self, relative: str, text: str) -> None:
+        """Save ``text`` (a cell's source, an executed notebook) into the scope's run at ``relative``.
+
+        Nothing happens on a rank that does not log.
 
         A failure to save is logged, never raised: the record of the code must not stop the code.
         """
@@ -182,9 +184,9 @@ class Scope:
         if run is None or isinstance(run, relay.RelayRun) or run.settings.mode == "disabled":
             return
         try:
-            source.save_source(run, filename, text)
+            source.save_file(run, relative, text)
         except Exception:
-            logger.exception("wandbflow: could not save the source of %s into run %s", self.name, run.id)
+            logger.exception("wandbflow: could not save %s into run %s", relative, run.id)
 
     def __enter__(self) -> Run | None:
         return self.start()

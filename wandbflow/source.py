@@ -61,9 +61,12 @@ def _say_unknown_once() -> None:
     )
 
 
-def save_source(run: Run, filename: str, text: str) -> Path:
-    """Write ``text`` to ``code/<filename>`` in the run's files and record it in the run (uploaded on sync)."""
-    path = Path(run.dir) / "code" / filename
+def save_file(run: Run, relative: str, text: str) -> Path:
+    """Write ``text`` to ``relative`` (e.g. ``code/prepare.py``) in the run's files and record it in the run.
+
+    Recorded files are uploaded with the run (offline: when it is synced).
+    """
+    path = Path(run.dir) / relative
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     run.save(str(path), base_path=run.dir, policy="now")

@@ -1,0 +1,170 @@
+"""Jupyter kernels for notebook trials: started without port races, warmed ahead of time, never orphaned.
+
+Kernels that start at the same moment can pick the same ZMQ ports (papermill#511): a kernel's ports are chosen by
+the parent and bound by the child later. On POSIX kernels talk over Unix sockets (no ports at all); elsewhere, and
+as a second guard, starts are serialized, each held until its kernel answers, so a port is bound before the next
+kernel chooses. A :class:`KernelPool` keeps the next trial's kernel starting (with
+wandb, wandbflow and torch imported) while the current trial runs, so the per-trial overhead approaches zero.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import tempfile
+import threading
+import uuid
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from wandbflow.errors import NotebookError
+
+logger = logging.getLogger("wandbflow")
+
+READY_TIMEOUT_S = 120.0
+_start_lock = threading.Lock()
+
+
+def _warm_code() -> str:
+    modules = ["wandb", "wandbflow.trial"]
+    if importlib.util.find_spec("torch") is not None:
+        modules.append("torch")
+    return "\n".join(f"__import__({name!r})" for name in modules)
+
+
+def start_kernel(
+    *, kernel_name: str, cwd: str, env: Mapping[str, str], warm: bool = True
+) -> Any:  # a started jupyter_client KernelManager
+    """Start a kernel (serialized against other starts), wait until it answers, and warm it.
+
+    Warming imports the heavy modules a trial needs (wandb, wandbflow, torch when installed).
+
+    Raises:
+        NotebookError: The kernel could not be started or did not answer.
+    """
+    from jupyter_client.manager import KernelManager
+
+    ipc = os.name == "posix"  # Unix sockets: no ports to race for at all
+    manager = KernelManager(
+        kernel_name=kernel_name,
+        client_class="jupyter_client.asynchronous.AsyncKernelClient",
+        transport="ipc" if ipc else "tcp",
+        # an absolute socket path (the kernel's cwd differs from ours), short enough for a Unix socket
+        **({"ip": os.path.join(tempfile.gettempdir(), f"wandbflow-{uuid.uuid4().hex[:12]}")} if ipc else {}),
+    )
+    with _start_lock:
+        try:
+            manager.start_kernel(cwd=cwd, env=dict(env))
+            client = manager.blocking_client()
+            client.start_channels()
+            try:
+                client.wait_for_ready(timeout=READY_TIMEOUT_S)
+            finally:
+                client.stop_channels()
+        except Exception as error:
+            shutdown(manager)
+            raise NotebookError(f"could not start kernel {kernel_name!r}: {error}", path=cwd) from error
+    if warm:
+        client = manager.blocking_client()
+        client.start_channels()
+        try:
+            reply = client.execute_interactive(_warm_code(), silent=True, store_history=False, timeout=READY_TIMEOUT_S)
+            if reply["content"]["status"] != "ok":
+                logger.warning("wandbflow: warming a trial kernel failed: %s", reply["content"].get("evalue"))
+        finally:
+            client.stop_channels()
+    return manager
+
+
+def shutdown(manager: Any) -> None:
+    """Stop a kernel now; a kernel that is already gone is fine."""
+    try:
+        if manager.has_kernel:
+            manager.shutdown_kernel(now=True)
+    except Exception:  # shutting down is best effort; the process may be gone already
+        logger.debug("wandbflow: kernel shutdown raised", exc_info=True)
+        try:
+            manager.kill_kernel()
+        except Exception:
+            logger.debug("wandbflow: kernel kill raised", exc_info=True)
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs trials may use: ``CUDA_VISIBLE_DEVICES`` when set, else every GPU torch sees; none without CUDA."""
+    given = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if given is not None:
+        return [d.strip() for d in given.split(",") if d.strip() and d.strip() != "-1"]
+    if importlib.util.find_spec("torch") is None:
+        return []
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+class KernelPool:
+    """One lane per parallel trial; each lane has its next kernel starting in the background.
+
+    Lane ``i`` gets GPU ``gpus[i % len(gpus)]`` through ``CUDA_VISIBLE_DEVICES`` (set before the kernel starts, so
+    before anything in it touches CUDA). Use as a context manager: leaving it shuts every kernel down.
+    """
+
+    def __init__(
+        self, lanes: int, *, kernel_name: str, cwd: str, env: Mapping[str, str], gpus: list[str] | None = None
+    ) -> None:
+        self.kernel_name = kernel_name
+        self.cwd = cwd
+        self.env = dict(env)
+        self.gpus = gpus or []
+        self._executor = ThreadPoolExecutor(max_workers=max(1, lanes), thread_name_prefix="wandbflow-kernel")
+        self._next: dict[int, Future[Any]] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _lane_env(self, lane: int) -> dict[str, str]:
+        env = dict(self.env)
+        if self.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = self.gpus[lane % len(self.gpus)]
+        return env
+
+    def _start(self, lane: int) -> Future[Any]:
+        return self._executor.submit(start_kernel, kernel_name=self.kernel_name, cwd=self.cwd, env=self._lane_env(lane))
+
+    def prepare(self, lane: int) -> None:
+        """Start lane ``lane``'s next kernel in the background (ahead of its first trial)."""
+        with self._lock:
+            if not self._closed and lane not in self._next:
+                self._next[lane] = self._start(lane)
+
+    def acquire(self, lane: int, *, prepare_next: bool = True) -> Any:
+        """A started, warmed kernel for lane ``lane``; with ``prepare_next`` its successor starts right away.
+
+        Raises:
+            NotebookError: The kernel could not be started.
+        """
+        with self._lock:
+            if self._closed:
+                raise NotebookError("the kernel pool is closed", path=self.cwd)
+            future = self._next.pop(lane, None) or self._start(lane)
+            if prepare_next:
+                self._next[lane] = self._start(lane)
+        return future.result()
+
+    def close(self) -> None:
+        """Shut down every kernel the pool started and has not handed out."""
+        with self._lock:
+            self._closed = True
+            pending, self._next = list(self._next.values()), {}
+        for future in pending:
+            try:
+                shutdown(future.result())
+            except Exception:  # a kernel that failed to start has nothing to shut down
+                logger.debug("wandbflow: pooled kernel had failed to start", exc_info=True)
+        self._executor.shutdown(wait=True)
+
+    def __enter__(self) -> KernelPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
