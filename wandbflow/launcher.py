@@ -853,11 +853,11 @@ def _interrupted(signum: int, frame: Any) -> None:
 
 
 def _join_process_group(spec: _Spec, rank: int) -> None:
+    if spec.gpus:  # one GPU per rank of this machine (with simulated nodes, every rank is on this machine)
+        on_this_machine = rank if spec.options.node_rank is None else rank % spec.options.nproc_per_node
+        torch.cuda.set_device(on_this_machine % spec.gpus)
     if spec.backend is None:
         return
-    if spec.backend == "nccl" and spec.gpus:
-        local = rank if spec.options.node_rank is None else rank % spec.options.nproc_per_node
-        torch.cuda.set_device(local % spec.gpus)
     dist.init_process_group(spec.backend, rank=rank, world_size=spec.options.nproc_per_node * spec.options.nnodes)
 
 
