@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from wandbflow import config, inherit
+from wandbflow import config, inherit, naming
 
 WANDB = shutil.which("wandb", path=os.path.dirname(sys.executable)) or "wandb"
 
@@ -76,6 +76,7 @@ def wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def _fresh_settings():
     config.reset_session_default()
     inherit.adopt(None)
+    naming._counts.clear()  # each test counts its tasks' executions from 1
     yield
     config.reset_session_default()
     inherit.adopt(None)

@@ -141,7 +141,10 @@ def _declare_agent(parser: argparse.ArgumentParser) -> None:
         metavar="MODULE:FUNCTION",
         help="call this function once per trial (importable from the working directory)",
     )
+    trial.add_argument("--notebook", metavar="NOTEBOOK", help="execute this notebook once per trial (papermill)")
     parser.add_argument("--count", type=_positive_int, help="the most trials this agent runs (default: until done)")
+    parser.add_argument("--parallel", type=_positive_int, default=1, help="notebook trials at once (default 1)")
+    parser.add_argument("--timeout", type=float, help="seconds after which a notebook trial is stopped")
     _engine_options(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -151,12 +154,92 @@ def _agent(args: argparse.Namespace) -> int:
 
     from wandbflow.sweeps import agent, load
 
-    function = _import_function(args.function)
     target = load(args.sweep_id, engine=args.engine, storage=args.storage)
-    ran = agent(target, function, count=args.count, progress=not args.no_progress)
+    if args.notebook:
+        before = len(target.records())
+        _sweep_notebook(args.notebook, target, args)
+        ran = len(target.records()) - before
+    else:
+        ran = agent(target, _import_function(args.function), count=args.count, progress=not args.no_progress)
     states = Counter(trial.state for trial in target.records())
     tally = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
     print(f"sweep {target.id}: {ran} trials run by this agent; all trials: {tally}")
+    return 0
+
+
+def _sweep_notebook(notebook: str, target: Any, args: argparse.Namespace) -> None:
+    from wandbflow.notebook_sweep import sweep_notebook
+
+    sweep_notebook(
+        notebook,
+        target,
+        count=args.count,
+        parallel=args.parallel,
+        timeout=args.timeout,
+        progress=not args.no_progress,
+    )
+
+
+def _declare_sweep_run(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("notebook", metavar="NOTEBOOK", help="the trial notebook (a cell tagged 'parameters')")
+    parser.add_argument("--config", required=True, metavar="CONFIG.yaml", help="a W&B sweep config")
+    parser.add_argument("--count", type=_positive_int, help="the most trials to run (default: until done)")
+    parser.add_argument("--parallel", type=_positive_int, default=1, help="trials at once (default 1)")
+    parser.add_argument("--timeout", type=float, help="seconds after which a trial is stopped")
+    _engine_options(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _sweep_run(args: argparse.Namespace) -> int:
+    from wandbflow.sweeps import load_config, sweep
+
+    target = sweep(load_config(args.config), engine=args.engine or "local", storage=args.storage)
+    print(f"sweep {target.id}")
+    _sweep_notebook(args.notebook, target, args)
+    trials = target.trials()
+    print(trials[["trial", "state", "value", "params"]].to_string(index=False) if len(trials) else "no trials ran")
+    best = target.best()
+    if best is not None:
+        print(f"best: trial {best.number} value={best.value} params={best.params}")
+    return 0
+
+
+def _declare_run(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("notebook", metavar="NOTEBOOK")
+    parser.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="a parameter; the value is read as YAML (0.01 is a float, true a bool)",
+    )
+    parser.add_argument("--output", help="where the executed notebook goes")
+    parser.add_argument("--timeout", type=float, help="seconds after which the kernel is stopped")
+    parser.add_argument("--project", help="the W&B project of the run")
+    parser.add_argument("--group", help="the W&B group of the run")
+    parser.add_argument("--no-strict", action="store_true", help="allow parameters the notebook does not define")
+
+
+def _run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from wandbflow.notebooks import run_notebook
+
+    parameters = {name: yaml.safe_load(value) for name, value in args.parameter}
+    settings = {k: v for k, v in (("project", args.project), ("group", args.group)) if v is not None}
+    result = run_notebook(
+        args.notebook,
+        parameters,
+        output=args.output,
+        timeout=args.timeout,
+        strict=not args.no_strict,
+        **settings,
+    )
+    metrics = ", ".join(f"{k}={v}" for k, v in result.summary.items())
+    print(f"run {result.run_id} {result.state} in {result.duration:.1f}s: {metrics or 'no summary'}")
+    print(f"executed notebook: {result.output}")
     return 0
 
 
@@ -211,7 +294,8 @@ def _wandb_executable() -> str:
 # Every subcommand, in the order ``--help`` lists them. Add one with a line here.
 COMMANDS: dict[str, Command] = {
     "runs": Command("print the runs the ledger knows, newest first", _declare_runs, _runs),
-    "sweep": Command("create sweeps (wandbflow sweep create CONFIG.yaml)", _declare_sweep, _sweep),
+    "run": Command("execute a notebook as one run (wandbflow run NB -p lr 0.01)", _declare_run, _run),
+    "sweep": Command("create sweeps, or create one and run a notebook's trials", _declare_sweep, _sweep),
     "agent": Command("serve a sweep: run its trials here until --count or the sweep is done", _declare_agent, _agent),
     "sync": Command("upload the offline runs the ledger knows with wandb sync", _declare_sync, _sync),
     "demo": Command("run the demo on the embedded default (offline W&B, no account)", _declare_demo, _demo),
@@ -220,6 +304,7 @@ COMMANDS: dict[str, Command] = {
 # The actions of ``wandbflow sweep``.
 SWEEP_COMMANDS: dict[str, Command] = {
     "create": Command("validate a sweep config, create the sweep, print its id", _declare_sweep_create, _sweep_create),
+    "run": Command("create a sweep and run a notebook as its trials", _declare_sweep_run, _sweep_run),
 }
 
 

@@ -184,7 +184,7 @@ def execute(spec: TrialSpec, kernel: Any, *, cancel: threading.Event | None = No
 def _prologue(spec: TrialSpec) -> str:
     context = json.dumps(spec.context.to_json())
     parameters = json.dumps(json.dumps(spec.parameters, default=str))
-    return f"__import__('wandbflow.trial').trial.begin({context}, {parameters}, {json.dumps(spec.sweep_ref)})"
+    return f"__import__('wandbflow.trial').trial.begin({context}, {parameters}, {spec.sweep_ref!r})"
 
 
 def _epilogue(failure: dict[str, Any] | None, output: str) -> str:
