@@ -6,6 +6,7 @@ import json
 import logging
 import pickle
 import secrets
+import threading
 import time
 
 import pytest
@@ -120,6 +121,26 @@ def test_rows_sent_after_the_primary_closed_go_to_the_fallback_not_lost(wandb_en
     in_fallback = [json.loads(line)["data"]["loss"] for line in rank.fallback.read_text().splitlines()]
     assert in_run == [0, 1, 2, 3, 4] and in_fallback == [5, 6, 7]
     assert "did not finish relaying" in caplog.text
+
+
+def test_the_primary_waits_at_its_end_for_peers_that_were_quiet_until_theirs(wandb_env, primary):
+    path = relay.socket_path(primary.id)
+    server = relay.RelayServer(primary, path=path, peers=1, wait=2)
+    rank = sender(wandb_env, primary.id, "rank-1")
+    time.sleep(2.5)  # connected, then silent for longer than the server's patience
+
+    def finish_later() -> None:
+        time.sleep(0.5)
+        rank.log({"late": 1})
+        rank.close()
+
+    thread = threading.Thread(target=finish_later)
+    thread.start()
+    server.close()
+    thread.join()
+    run_dir = primary.settings.sync_dir
+    primary.finish()
+    assert [row["rank-1/late"] for row in history(run_dir)] == [1] and rank.fallback is None
 
 
 def test_relay_error_pickles_with_its_fields():

@@ -163,7 +163,7 @@ class RelayRun:
                 while not self._rows and not self._closing:
                     self._cond.wait()
                 batch, self._rows = self._rows, []
-                last = self._closing and not self._rows
+                last = self._closing  # log() takes no row after close()
             if batch:
                 sock = self._deliver(sock, batch)
             if last:
@@ -233,7 +233,7 @@ class RelayServer:
         run: The primary's run.
         path: The socket to serve on (:func:`socket_path`); a stale file there is replaced.
         peers: How many other ranks share the run; :meth:`close` waits for each to finish sending.
-        wait: Seconds :meth:`close` keeps waiting after the last sign of life from a peer.
+        wait: Seconds :meth:`close` keeps waiting for its peers while none of them is heard from.
     """
 
     def __init__(self, run: Run, *, path: str, peers: int, wait: float) -> None:
@@ -261,6 +261,7 @@ class RelayServer:
         """
         patience = self._wait if error is None else min(self._wait, FAILED_WAIT_S)
         with self._cond:
+            self._last_heard = time.monotonic()  # silence counts from now: peers may have been quiet all along
             while len(self._done) < self._peers and time.monotonic() - self._last_heard < patience:
                 self._cond.wait(timeout=patience - (time.monotonic() - self._last_heard))
             missing = self._peers - len(self._done)
