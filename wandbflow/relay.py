@@ -11,6 +11,10 @@ No row is lost: a sender keeps each batch until the primary says it logged it. R
 (``<wandb dir>/wandbflow-relay/<run id>.<label>.jsonl``), and the rank says so once. A row may then be both in the
 run and in the fallback file (the acknowledgement was lost), never in neither.
 
+Relayed rows advance the run's own step, as in W&B's online shared mode: the primary should not pass ``step=`` to
+its own ``log`` calls (W&B drops a row whose step is behind the run's); like every rank, it can give its metrics
+their own axis with ``define_metric`` instead.
+
 The socket is local: a rank on another machine than its primary (``rank_scope="global"`` over real nodes) cannot
 reach it and writes its fallback file. A sender waits for the primary, and the primary for a silent peer, up to
 ``WANDBFLOW_RELAY_TIMEOUT`` seconds (60 by default).
