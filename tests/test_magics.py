@@ -239,3 +239,34 @@ def test_task_help_lists_the_flags(shell, capsys):
     shown = capsys.readouterr().out
     for flag in ("--name", "--job-type", "--config", "--run-mode", "--resume", "--no-save-code", "--quiet"):
         assert flag in shown
+
+
+@pytest.mark.timeout(300)
+def test_a_cell_on_two_ranks_brings_back_rank_0s_variables_and_one_card_per_run(shell, wandb_env, capsys):
+    shell.user_ns["base"] = 10
+    source = (
+        "%%wandb_task --name ddp --nproc-per-node 2 --run-mode new\n"
+        "import torch.distributed as dist\nimport wandb\n"
+        "t = dist.get_rank() + base\nwandb.log({'t': t})\nt * 2"
+    )
+    value, error = run(shell, source)
+    assert error is None and value == 20 and shell.user_ns["t"] == 10
+    dirs = run_dirs(wandb_env)
+    session = naming.session_id()
+    assert set(dirs) == {f"{session}-ddp-1-rank-0", f"{session}-ddp-1-rank-1"}
+    assert sorted(leet_summary(d)["summary"]["t"] for d in dirs.values()) == [10, 11]
+    assert capsys.readouterr().out.count("finished (exit 0)") == 2
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("--nproc-per-node 0", "must be at least 1"),
+        ("--nproc-per-node 2 --resume", "--resume cannot be combined with --nproc-per-node"),
+        ("--nproc-per-node 2 --run-mode sometimes", "invalid choice"),
+    ],
+)
+def test_bad_multi_rank_cells_are_usage_errors(shell, wandb_env, line, message):
+    _, error = run(shell, f"%%wandb_task {line}\nx = 1")
+    assert isinstance(error, UsageError) and message in str(error)
+    assert run_dirs(wandb_env) == {}

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wandbflow import links
+from wandbflow.topology import get_distributed_info
 
 _notice_lock = threading.Lock()
 _offline_notice_shown = False
@@ -95,12 +96,15 @@ def _short(value: Any) -> str:
 
 
 def in_notebook() -> bool:
-    """True inside a Jupyter kernel (where HTML output renders)."""
+    """True inside a Jupyter kernel (where HTML output renders), not in a rank launched from one."""
     ipython_module = sys.modules.get("IPython")
     if ipython_module is None:
         return False
     shell = ipython_module.get_ipython()
-    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+    if shell is None or type(shell).__name__ != "ZMQInteractiveShell":
+        return False
+    # A rank forked from a kernel inherits its shell but cannot talk to the kernel: its output goes through stdout.
+    return get_distributed_info() is None
 
 
 def show(card: RunCard) -> None:

@@ -119,6 +119,14 @@ class WandbMagics(Magics):
     @argument("--name", help="Task name: the run's name and part of its id (default: cell<execution count>).")
     @argument("--resume", action="store_true", help="Continue the last run of this task name (online only).")
     @argument("--no-save-code", dest="save_code", action="store_false", help="Do not save the cell source.")
+    @argument(
+        "--nproc-per-node",
+        dest="nproc_per_node",
+        type=int,
+        help="Run the cell on this many ranks (torch.multiprocessing); rank 0's new variables come back.",
+    )
+    @argument("--nnodes", type=int, default=1, help="With --nproc-per-node: nodes, simulated on this machine.")
+    @argument("--timeout", type=float, help="With --nproc-per-node: stop every rank after this many seconds.")
     @_run_flags
     @cell_magic
     def wandb_task(self, line: str, cell: str) -> Any:
@@ -132,6 +140,8 @@ class WandbMagics(Magics):
         shell: Any = self.shell
         name = args.name or f"cell{shell.execution_count}"
         settings = run_settings(args)
+        if args.nproc_per_node is not None:
+            return _launch_cell(shell, cell, name, settings, args)
         if args.resume:
             settings.update(_resume_settings(name, settings))
         code = _compile_cell(shell, cell)
@@ -219,6 +229,40 @@ def _call(action: Callable[[], Any]) -> Any:
         return action()
     except WandbflowError as error:
         raise UsageError(str(error)) from None
+
+
+def _launch_cell(shell: Any, cell: str, name: str, settings: dict[str, Any], args: Any) -> Any:
+    """Run the cell on ``--nproc-per-node`` ranks: one card per run, rank 0's variables and value come back."""
+    from wandbflow import display
+    from wandbflow.errors import LaunchError
+    from wandbflow.launcher import launch_cell
+
+    if args.resume:
+        raise UsageError("--resume cannot be combined with --nproc-per-node")
+    if args.nproc_per_node < 1 or args.nnodes < 1:
+        raise UsageError("--nproc-per-node and --nnodes must be at least 1")
+    try:
+        result = launch_cell(
+            shell.transform_cell(cell),
+            shell.user_ns,
+            name=name,
+            nproc_per_node=args.nproc_per_node,
+            nnodes=args.nnodes,
+            settings=settings,
+            save_code=args.save_code,
+            timeout=args.timeout,
+        )
+    except LaunchError as error:
+        if getattr(error, "rank", None) is None:  # found before any rank started: the cell's globals cannot travel
+            raise UsageError(str(error)) from None
+        raise
+    except WandbflowError as error:
+        raise UsageError(str(error)) from None
+    shell.user_ns.update(result.variables)
+    if not args.quiet:
+        for card in result.runs:
+            display.show(card)
+    return result.value
 
 
 def _resume_settings(name: str, settings: dict[str, Any]) -> dict[str, Any]:

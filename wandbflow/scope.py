@@ -354,7 +354,7 @@ def _init_run(
     settings = _run_settings(values, plan)
     kwargs: dict[str, Any] = {
         "id": naming.fit(plan.id),
-        "name": values.get("name") or (scope.name if topology is None else f"{scope.name}-{plan.id[-12:]}"),
+        "name": values.get("name") or (scope.name if topology is None else _rank_run_name(plan.id)),
         "project": values.get("project"),
         "entity": values.get("entity"),
         "group": naming.fit(plan.group) if plan.group else values.get("group"),
@@ -377,6 +377,12 @@ def _init_run(
     if resolved.sources.get("mode") == "default" and values["mode"] == "offline":
         display.offline_notice(os.path.dirname(str(run.settings.sync_dir)))
     return run
+
+
+def _rank_run_name(run_id: str) -> str:
+    """A rank's run name: its id without the session prefix (``train-1-rank-0``), so runs of one launch differ."""
+    session = naming.session_id()
+    return run_id[len(session) + 1 :] if run_id.startswith(f"{session}-") else run_id
 
 
 def _run_settings(values: Mapping[str, Any], plan: policy.RunPlan) -> Any:

@@ -40,11 +40,13 @@ def notebook_from_environment() -> str | None:
 def notebook_path(run: Run | None = None) -> str | None:
     """The path of the notebook the code runs in, or None outside a notebook or when it cannot be told."""
     from wandbflow.display import in_notebook
+    from wandbflow.topology import get_distributed_info
 
     found = notebook_from_environment()
     if found is None and run is not None:
         found = getattr(run.settings, "x_jupyter_path", None) or getattr(run.settings, "notebook_name", None) or None
-    if found is None and in_notebook():
+    # The launching notebook says so once; its ranks do not repeat it.
+    if found is None and in_notebook() and get_distributed_info() is None:
         _say_unknown_once()
     return found
 
