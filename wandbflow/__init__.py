@@ -41,6 +41,8 @@ _LAZY: dict[str, str] = {
     "get_wandb_sweep_id": "wandbflow.sweeps",
     "sweep": "wandbflow.sweeps",
     "agent": "wandbflow.sweeps",
+    "SweepBuilder": "wandbflow.widgets",
+    "SweepMonitor": "wandbflow.widgets",
 }
 
 __all__ = [
@@ -52,8 +54,10 @@ __all__ = [
     "NotebookResult",
     "Scope",
     "ScopeError",
+    "SweepBuilder",
     "SweepConfigError",
     "SweepError",
+    "SweepMonitor",
     "TrialPruned",
     "WandbflowError",
     "agent",
