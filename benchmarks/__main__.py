@@ -16,6 +16,8 @@ REGISTRY: dict[str, str] = {
     "P2": "benchmarks.p2_log",
     "P3": "benchmarks.p3_launch",
     "P4": "benchmarks.p4_relay",
+    "P5": "benchmarks.p5_trials",
+    "P6": "benchmarks.p6_parallel",
     "P7": "benchmarks.p7_ledger",
 }
 

@@ -34,10 +34,13 @@ def past_first_all_reduce() -> None:
     import torch
     import torch.distributed as dist
 
-    if not dist.is_initialized():  # launch() has done it; torchrun and notebook_launcher leave it to the function
+    owned = not dist.is_initialized()  # launch() has done it; torchrun and notebook_launcher leave it to the function
+    if owned:
         dist.init_process_group("gloo")
     total = torch.ones(1)
     dist.all_reduce(total)
+    if owned:  # a group left for interpreter exit can abort the process in gloo's teardown
+        dist.destroy_process_group()
 
 
 def _bare_rank(index: int, port: int, fn: Callable[[], None]) -> None:

@@ -17,6 +17,7 @@ import threading
 import uuid
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from wandbflow.errors import NotebookError
@@ -27,19 +28,29 @@ READY_TIMEOUT_S = 120.0
 _start_lock = threading.Lock()
 
 
-def _warm_code() -> str:
-    modules = ["wandb", "wandbflow.trial"]
-    if importlib.util.find_spec("torch") is not None:
-        modules.append("torch")
-    return "\n".join(f"__import__({name!r})" for name in modules)
+def warm_code(notebook: str | None = None) -> str:
+    """What a pooled kernel runs before its trial: import wandb and start its service, import wandbflow's trial side.
+
+    torch is imported too when the notebook uses it, so its import is not on the trial's clock.
+    """
+    lines = ["import wandb", "wandb.setup().ensure_service()", "import wandbflow.trial"]
+    if notebook is not None and _uses_torch(notebook) and importlib.util.find_spec("torch") is not None:
+        lines.append("import torch")
+    return "; ".join(lines)
+
+
+def _uses_torch(notebook: str) -> bool:
+    try:
+        text = Path(notebook).read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return "import torch" in text or "from torch" in text
 
 
 def start_kernel(
-    *, kernel_name: str, cwd: str, env: Mapping[str, str], warm: bool = True
+    *, kernel_name: str, cwd: str, env: Mapping[str, str], warm: str | None = None
 ) -> Any:  # a started jupyter_client KernelManager
-    """Start a kernel (serialized against other starts), wait until it answers, and warm it.
-
-    Warming imports the heavy modules a trial needs (wandb, wandbflow, torch when installed).
+    """Start a kernel (serialized against other starts), wait until it answers, and run ``warm`` in it silently.
 
     Raises:
         NotebookError: The kernel could not be started or did not answer.
@@ -70,7 +81,7 @@ def start_kernel(
         client = manager.blocking_client()
         client.start_channels()
         try:
-            reply = client.execute_interactive(_warm_code(), silent=True, store_history=False, timeout=READY_TIMEOUT_S)
+            reply = client.execute_interactive(warm, silent=True, store_history=False, timeout=READY_TIMEOUT_S)
             if reply["content"]["status"] != "ok":
                 logger.warning("wandbflow: warming a trial kernel failed: %s", reply["content"].get("evalue"))
         finally:
@@ -111,12 +122,20 @@ class KernelPool:
     """
 
     def __init__(
-        self, lanes: int, *, kernel_name: str, cwd: str, env: Mapping[str, str], gpus: list[str] | None = None
+        self,
+        lanes: int,
+        *,
+        kernel_name: str,
+        cwd: str,
+        env: Mapping[str, str],
+        gpus: list[str] | None = None,
+        warm: str | None = None,
     ) -> None:
         self.kernel_name = kernel_name
         self.cwd = cwd
         self.env = dict(env)
         self.gpus = gpus or []
+        self.warm = warm
         self._executor = ThreadPoolExecutor(max_workers=max(1, lanes), thread_name_prefix="wandbflow-kernel")
         self._next: dict[int, Future[Any]] = {}
         self._lock = threading.Lock()
@@ -129,7 +148,9 @@ class KernelPool:
         return env
 
     def _start(self, lane: int) -> Future[Any]:
-        return self._executor.submit(start_kernel, kernel_name=self.kernel_name, cwd=self.cwd, env=self._lane_env(lane))
+        return self._executor.submit(
+            start_kernel, kernel_name=self.kernel_name, cwd=self.cwd, env=self._lane_env(lane), warm=self.warm
+        )
 
     def prepare(self, lane: int) -> None:
         """Start lane ``lane``'s next kernel in the background (ahead of its first trial)."""

@@ -103,7 +103,12 @@ def sweep_notebook(
 
     bar = tqdm(total=count, desc=f"sweep {target.id}", unit="trial", disable=not progress)
     pool = kernels.KernelPool(
-        parallel, kernel_name=kernel_name, cwd=str(Path(path).parent), env=kernel_environment(ledger), gpus=gpus
+        parallel,
+        kernel_name=kernel_name,
+        cwd=str(Path(path).parent),
+        env=kernel_environment(ledger),
+        gpus=gpus,
+        warm=kernels.warm_code(path),
     )
     try:
         with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="wandbflow-trial") as lanes:
