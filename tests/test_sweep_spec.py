@@ -312,3 +312,14 @@ def test_configs_and_errors_pickle():
         assert back._fields == error._fields
     assert pickle.loads(pickle.dumps(errors[0])).key == "parameters.lr.max"
     assert pickle.loads(pickle.dumps(errors[2])).step == 2
+
+
+def test_to_yaml_quotes_strings_the_loader_would_read_as_numbers(tmp_path):
+    config = validate(
+        {"method": "grid", "parameters": {"tag": {"values": ["1e-4", "x"]}, "lr": {"values": [1e-4, 0.1]}}}
+    )
+    path = tmp_path / "sweep.yaml"
+    path.write_text(config.to_yaml())
+    again = load_config(path).to_dict()
+    assert again["parameters"]["tag"]["values"] == ["1e-4", "x"]
+    assert again["parameters"]["lr"]["values"] == [1e-4, 0.1]

@@ -232,10 +232,10 @@ class SweepConfig(Mapping[str, Any]):
         return copy.deepcopy(self._data)
 
     def to_yaml(self) -> str:
-        """The config as YAML, in the order it was given."""
-        import yaml
+        """The config as YAML, in the order it was given (``load_config`` reads it back unchanged)."""
+        from wandbflow.sweeps import yamlio
 
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return yamlio.dump(self.to_dict())
 
     def apply(self) -> SweepConfig:
         """Make this the session's sweep config (what calling ``wandb_sweep_config`` does) and return it.

@@ -9,14 +9,13 @@ Pure: imports neither wandb nor optuna.
 from __future__ import annotations
 
 import copy
-import functools
 import math
 import os
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from wandbflow.errors import SweepConfigError
+from wandbflow.sweeps import yamlio
 from wandbflow.sweeps.spec import (
     DISTRIBUTIONS,
     GOALS,
@@ -111,27 +110,12 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any]) -> SweepConf
 
     try:
         with open(source, encoding="utf-8") as handle:
-            data = yaml.load(handle, Loader=_yaml_loader())  # a SafeLoader
+            data = yaml.load(handle, Loader=yamlio.loader())  # a SafeLoader
     except OSError as error:
         raise SweepConfigError(f"cannot read {os.fspath(source)}: {error.strerror}", key="config") from error
     except yaml.YAMLError as error:
         raise SweepConfigError(f"{os.fspath(source)} is not valid YAML: {error}", key="config") from error
     return validate(data)
-
-
-@functools.cache
-def _yaml_loader() -> Any:
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        """A safe YAML loader that reads ``1e-4`` as a float (YAML 1.1 wants ``1.0e-4``)."""
-
-    float_pattern = re.compile(
-        r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
-        r"|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
-    )
-    Loader.add_implicit_resolver("tag:yaml.org,2002:float", float_pattern, list("-+0123456789."))
-    return Loader
 
 
 def validate(data: Any) -> SweepConfig:

@@ -9,7 +9,6 @@ every such config the form can express.
 
 from __future__ import annotations
 
-import functools
 import html
 import json
 import math
@@ -22,8 +21,9 @@ import ipywidgets as widgets
 import traitlets
 
 from wandbflow.errors import SweepConfigError, WandbflowError
+from wandbflow.sweeps import yamlio
 from wandbflow.sweeps.spec import METHODS
-from wandbflow.sweeps.validate import _yaml_loader, load_config, validate
+from wandbflow.sweeps.validate import load_config, validate
 from wandbflow.widgets.monitor import SweepMonitor
 
 #: The kinds of a parameter row: key -> label.
@@ -272,7 +272,7 @@ class SweepBuilder(widgets.VBox):  # type: ignore[misc]
         with self.hold_trait_notifications():
             self.set_trait("config", None if errors else data)
             self.set_trait("errors", errors)
-            self.set_trait("yaml", _dump(data))
+            self.set_trait("yaml", yamlio.dump(data))
         self._render()
 
     def _describe(self, errors: dict[str, str]) -> dict[str, Any]:
@@ -553,7 +553,7 @@ def _yaml(text: str, key: str) -> Any:
     if not text.strip() or text.strip() == "[]":
         raise SweepConfigError("required", key=key)
     try:
-        return yaml.load(text, Loader=_yaml_loader())  # a SafeLoader
+        return yaml.load(text, Loader=yamlio.loader())  # a SafeLoader
     except yaml.YAMLError as error:
         raise SweepConfigError(f"not valid YAML: {error}", key=key) from None
 
@@ -592,21 +592,3 @@ def _insert(tree: dict[str, Any], path: list[str], spec: dict[str, Any], key: st
         what = "nests other parameters" if "parameters" in node[path[-1]] else "is used twice"
         raise SweepConfigError(f"the name {'.'.join(path)} {what}", key=key)
     node[path[-1]] = spec
-
-
-def _dump(data: Mapping[str, Any]) -> str:
-    """YAML that ``load_config`` reads back to ``data``: a string it would read as a number (``1e-4``) is quoted."""
-    import yaml
-
-    return yaml.dump(dict(data), Dumper=_dumper(), sort_keys=False)
-
-
-@functools.cache
-def _dumper() -> Any:
-    import yaml
-
-    class Dumper(yaml.SafeDumper):
-        """A safe YAML dumper that resolves plain scalars as ``load_config``'s loader does."""
-
-    Dumper.yaml_implicit_resolvers = {k: list(v) for k, v in _yaml_loader().yaml_implicit_resolvers.items()}
-    return Dumper
