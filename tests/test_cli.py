@@ -123,6 +123,9 @@ def test_demo_runs_offline_and_records_its_runs(wandb_env):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "wandb sync" in done.stdout
     rows = Ledger(wandb_env / "demo" / "wandb" / "wandbflow.db").records()
-    assert sorted(r.state for r in rows) == ["failed"] + ["finished"] * 4
+    # pipeline x2 (parent + grouped train child), the failing step, 2 ranks, 4 sweep trials, 1 notebook run
+    assert sorted(r.state for r in rows) == ["failed"] + ["finished"] * 11
+    assert {r.source_kind for r in rows} >= {"function", "block", "notebook"}
+    assert len({r.sweep_id for r in rows if r.sweep_id}) == 1 and sum(r.rank is not None for r in rows) == 2
     for row in rows:
         assert leet_summary(row.dir)["exit_code"] == row.exit_code
