@@ -419,3 +419,11 @@ def test_online_shared_mode_settings_need_no_server():
         False,
     )
     assert settings.base_url == "https://w.acme"
+
+
+def test_the_ledger_keeps_the_config_a_run_ends_with(wandb_env):
+    with wf.task("grows", config={"a": 1}) as run:
+        run.config["b"] = 2
+        run.config["api_key"] = "hidden"
+    row = ledger(wandb_env).get(run.id)
+    assert row.config == {"a": 1, "b": 2, "api_key": "***"}

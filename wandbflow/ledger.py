@@ -152,17 +152,22 @@ class Ledger:
         summary: Mapping[str, Any] | None = None,
         error: str | None = None,
         finished_at: float | None = None,
+        config: Mapping[str, Any] | None = None,
     ) -> None:
         """Record how a run ended: its state, exit code, final summary and error (``ExceptionName: message``).
 
-        ``finished_at`` defaults to now; a run id the ledger does not know changes nothing.
+        ``finished_at`` defaults to now; ``config``, when given, replaces the config recorded at the start (a run may
+        add to its config while it runs). A run id the ledger does not know changes nothing.
 
         Raises:
             LedgerError: The ledger cannot be opened or written.
         """
         ended = time.time() if finished_at is None else finished_at
-        sql = "UPDATE runs SET state = ?, exit_code = ?, summary = ?, error = ?, finished_at = ? WHERE run_id = ?"
-        self._write(sql, (state, exit_code, _encode(dict(summary or {})), error, ended, run_id))
+        values: tuple[Any, ...] = (state, exit_code, _encode(dict(summary or {})), error, ended)
+        sets = "state = ?, exit_code = ?, summary = ?, error = ?, finished_at = ?"
+        if config is not None:
+            sets, values = f"{sets}, config = ?", (*values, _encode(dict(config)))
+        self._write(f"UPDATE runs SET {sets} WHERE run_id = ?", (*values, run_id))
 
     def mark_crashed(
         self, run_id: str, *, exit_code: int | None = None, signal: int | None = None, error: str | None = None

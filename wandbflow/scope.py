@@ -505,6 +505,7 @@ def _relay_server(run: Run, resolved: settings_module.Resolved, topology: Distri
 
 def _finish_owned(frame: Frame, run: Run, exit_code: int, error: BaseException | None) -> None:
     summary = _summary(run)
+    final_config = _config(run)
     try:
         if not run._is_finished:
             run.finish(exit_code=exit_code)
@@ -512,7 +513,7 @@ def _finish_owned(frame: Frame, run: Run, exit_code: int, error: BaseException |
         logger.exception("wandbflow: could not finish run %s", run.id)
     finally:
         _release_process_settings()
-    _record_finish(frame, exit_code, summary, error)
+    _record_finish(frame, exit_code, summary, error, final_config)
     if frame.card is not None:
         frame.card.state = state_for(exit_code)
         frame.card.exit_code = exit_code
@@ -520,6 +521,14 @@ def _finish_owned(frame: Frame, run: Run, exit_code: int, error: BaseException |
         frame.card.summary = summary
         if not frame.quiet:
             display.show(frame.card)
+
+
+def _config(run: Run) -> dict[str, Any] | None:
+    """The run's config as it ends (a run may add to it while it runs); None when it cannot be read."""
+    try:
+        return dict(run.config)
+    except Exception:  # a broken run: the ledger keeps the config recorded at the start
+        return None
 
 
 def _summary(run: Run) -> dict[str, Any]:
@@ -595,7 +604,13 @@ def _record_start(scope: Scope, frame: Frame, topology: DistributedInfo | None) 
     return ledger
 
 
-def _record_finish(frame: Frame, exit_code: int, summary: dict[str, Any], error: BaseException | None) -> None:
+def _record_finish(
+    frame: Frame,
+    exit_code: int,
+    summary: dict[str, Any],
+    error: BaseException | None,
+    final_config: dict[str, Any] | None,
+) -> None:
     if frame.ledger is None or frame.run is None:
         return
     try:
@@ -605,6 +620,7 @@ def _record_finish(frame: Frame, exit_code: int, summary: dict[str, Any], error:
             exit_code=exit_code,
             summary=redact(summary),
             error=f"{type(error).__name__}: {error}" if error is not None and exit_code else None,
+            config=redact(final_config) if final_config is not None else None,
         )
     except Exception:  # the ledger is a record, never a reason to lose the user's exception
         logger.exception("wandbflow: could not record the end of run %s in the ledger", frame.run.id)
