@@ -158,3 +158,20 @@ def test_no_gpus_without_cuda(monkeypatch):
     assert kernels.visible_gpus() == []
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     assert kernels.visible_gpus() == ["2", "3"]
+
+
+def test_six_trials_on_two_kernels_and_no_secret_in_any_file_they_leave(train, wandb_env, monkeypatch):
+    secret = "s3cr3t" * 7
+    monkeypatch.setenv("WANDB_API_KEY", secret)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    sweep = sweep_notebook(
+        train, grid(lr=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6]), parameters={"epochs": 1}, parallel=2, progress=False
+    )
+    assert sorted(r.state for r in sweep.records()) == ["finished"] * 6
+    assert len(run_dirs(wandb_env)) == 6
+    leaked = [
+        path
+        for path in wandb_env.rglob("*")
+        if path.is_file() and not path.is_symlink() and secret.encode() in path.read_bytes()
+    ]
+    assert not leaked, leaked
