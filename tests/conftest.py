@@ -59,6 +59,14 @@ def run_dirs(root: Path) -> dict[str, Path]:
     return found
 
 
+def missing_service(reason: str) -> None:
+    """A system service a test needs (PostgreSQL, chromium) is not installed: fail under ``.ci/run``, which
+    installs them and sets ``WANDBFLOW_CI_SERVICES=1``; elsewhere (a fresh machine) skip with the reason shown."""
+    if os.environ.get("WANDBFLOW_CI_SERVICES") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 @pytest.fixture
 def wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty directory holding this test's runs and ledger; no credentials, no WANDB_* settings."""

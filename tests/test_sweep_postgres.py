@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from conftest import missing_service
 
 import wandbflow as wf
 from wandbflow.sweeps.spec import reset_session_config
@@ -61,7 +62,7 @@ def postgres() -> Iterator[str]:
     """A PostgreSQL server of our own on 127.0.0.1; yields its SQLAlchemy URL."""
     initdb = find_initdb()
     if initdb is None:
-        pytest.skip("PostgreSQL's initdb was not found: .ci/run installs Debian's postgresql")
+        missing_service("PostgreSQL's initdb was not found: .ci/run installs Debian's postgresql")
     drop, uid, gid = unprivileged()
     base = Path(tempfile.mkdtemp(prefix="wandbflow-pg-"))
     try:

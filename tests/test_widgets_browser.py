@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
+from conftest import missing_service
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -158,7 +159,7 @@ def test_builder_in_jupyterlab_fills_validates_launches_and_monitors(
     lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     if not os.path.exists(CHROMIUM):
-        pytest.fail(
+        missing_service(
             f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y --no-install-recommends chromium); "
             "this test never uses `playwright install`"
         )
