@@ -105,7 +105,7 @@ TRIAL_NOTEBOOK = {
     "parameters": "lr = 0.1\nepochs = 20",
     "body": (
         "import wandb\n\nw = 0.0\nfor epoch in range(epochs):\n    w += lr * (3.0 - w)\n"
-        "    wandb.log({'epoch': epoch, 'gap': abs(3.0 - w)})"
+        '    wandb.log({"epoch": epoch, "gap": abs(3.0 - w)})'
     ),
 }
 
