@@ -142,7 +142,12 @@ def _declare_agent(parser: argparse.ArgumentParser) -> None:
         help="call this function once per trial (importable from the working directory)",
     )
     trial.add_argument("--notebook", metavar="NOTEBOOK", help="execute this notebook once per trial (papermill)")
-    parser.add_argument("--count", type=_positive_int, help="the most trials this agent runs (default: until done)")
+    _trial_options(parser)
+
+
+def _trial_options(parser: argparse.ArgumentParser) -> None:
+    """The options of commands that run a sweep's trials here (``agent``, ``sweep run``), declared once."""
+    parser.add_argument("--count", type=_positive_int, help="the most trials to run here (default: until done)")
     parser.add_argument("--parallel", type=_positive_int, default=1, help="notebook trials at once (default 1)")
     parser.add_argument("--timeout", type=float, help="seconds after which a notebook trial is stopped")
     _engine_options(parser)
@@ -183,11 +188,7 @@ def _sweep_notebook(notebook: str, target: Any, args: argparse.Namespace) -> Non
 def _declare_sweep_run(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("notebook", metavar="NOTEBOOK", help="the trial notebook (a cell tagged 'parameters')")
     parser.add_argument("--config", required=True, metavar="CONFIG.yaml", help="a W&B sweep config")
-    parser.add_argument("--count", type=_positive_int, help="the most trials to run (default: until done)")
-    parser.add_argument("--parallel", type=_positive_int, default=1, help="trials at once (default 1)")
-    parser.add_argument("--timeout", type=float, help="seconds after which a trial is stopped")
-    _engine_options(parser)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _trial_options(parser)
 
 
 def _sweep_run(args: argparse.Namespace) -> int:
