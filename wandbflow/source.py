@@ -40,13 +40,11 @@ def notebook_from_environment() -> str | None:
 def notebook_path(run: Run | None = None) -> str | None:
     """The path of the notebook the code runs in, or None outside a notebook or when it cannot be told."""
     from wandbflow.display import in_notebook
-    from wandbflow.topology import get_distributed_info
 
     found = notebook_from_environment()
     if found is None and run is not None:
         found = getattr(run.settings, "x_jupyter_path", None) or getattr(run.settings, "notebook_name", None) or None
-    # The launching notebook says so once; its ranks do not repeat it.
-    if found is None and in_notebook() and get_distributed_info() is None:
+    if found is None and in_notebook():  # not on launched ranks: in_notebook() is False there
         _say_unknown_once()
     return found
 
