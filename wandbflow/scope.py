@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
 
 from wandbflow import config as settings_module
-from wandbflow import display, inherit, links, naming, policy, relay, source
+from wandbflow import display, inherit, links, naming, packages, policy, relay, source
 from wandbflow.errors import ConfigError
 from wandbflow.redact import redact
 from wandbflow.topology import DistributedInfo, get_distributed_info
@@ -352,6 +352,8 @@ def _init_run(
     if values.get("resume") and values["mode"] == "offline":
         raise ConfigError("W&B cannot resume an offline run; use mode='online'", key="resume")
     settings = _run_settings(values, plan)
+    save_requirements = bool(settings.x_save_requirements)
+    settings.x_save_requirements = False  # saved below from a cache: W&B would rescan every package at each init
     kwargs: dict[str, Any] = {
         "id": naming.fit(plan.id),
         "name": values.get("name") or (scope.name if topology is None else _rank_run_name(plan.id)),
@@ -374,6 +376,11 @@ def _init_run(
     except BaseException:
         _release_process_settings()
         raise
+    if save_requirements and run.settings.mode != "disabled":
+        try:
+            source.save_file(run, "requirements.txt", packages.requirements())
+        except Exception:  # a record of the environment, never a reason to stop the user's work
+            logger.exception("wandbflow: could not save the package list into run %s", run.id)
     if resolved.sources.get("mode") == "default" and values["mode"] == "offline":
         display.offline_notice(os.path.dirname(str(run.settings.sync_dir)))
     return run
@@ -393,7 +400,7 @@ def _run_settings(values: Mapping[str, Any], plan: policy.RunPlan) -> Any:
         # The run card says what wandb's own banner would (link or run dir and sync command).
         settings = wandb.Settings(silent=True)
     else:
-        settings = given if isinstance(given, wandb.Settings) else wandb.Settings(**dict(given))
+        settings = given.model_copy() if isinstance(given, wandb.Settings) else wandb.Settings(**dict(given))
     if values.get("host"):
         settings.base_url = values["host"]
     if plan.shared and values["mode"] != "offline":
