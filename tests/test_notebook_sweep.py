@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import wandb
 from conftest import leet_summary, run_dirs, run_record
 
 from wandbflow import kernels
@@ -55,6 +57,16 @@ def test_a_grid_sweep_runs_every_point_once_in_parallel_kernels(train, wandb_env
         assert row.sweep_id == sweep.id and row.trial_id == str(trial.number)
         assert row.output == str(wandb_env / "wandb" / "notebooks" / sweep.id / f"trial-{trial.number}.ipynb")
         assert Path(row.output).exists()
+
+
+def test_pooled_kernels_are_warmed_outside_the_notebook_and_share_this_process_service(train, wandb_env):
+    wandb.teardown()  # wandb_env removed WANDB_SERVICE from the environment; the service sweep_notebook starts sets it
+    sweep = sweep_notebook(train, grid(lr=[0.1, 0.2]), parallel=2, progress=False)
+    ledger = Ledger(default_path(wandb_env))
+    for trial in sweep.records():
+        summary = ledger.get(trial.run_id).summary
+        assert summary["preloaded"] == "none", "warming left names in the notebook's namespace"
+        assert summary["service"] == os.environ["WANDB_SERVICE"]
 
 
 def test_failed_crashed_and_timed_out_trials_never_stop_the_sweep(train, wandb_env):

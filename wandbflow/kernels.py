@@ -28,15 +28,14 @@ READY_TIMEOUT_S = 120.0
 _start_lock = threading.Lock()
 
 
-def warm_code(notebook: str | None = None) -> str:
-    """What a pooled kernel runs before its trial: import wandb and start its service, import wandbflow's trial side.
+def warm_code(notebook: str | None = None, sweep_ref: str | None = None) -> str:
+    """What a pooled kernel runs before its trial: :func:`wandbflow.trial.warm`.
 
-    torch is imported too when the notebook uses it, so its import is not on the trial's clock.
+    That is wandb's service up, the package list scanned, the sweep attached, torch imported when the notebook
+    uses it. Nothing enters the notebook's namespace.
     """
-    lines = ["import wandb", "wandb.setup().ensure_service()", "import wandbflow.trial"]
-    if notebook is not None and _uses_torch(notebook) and importlib.util.find_spec("torch") is not None:
-        lines.append("import torch")
-    return "; ".join(lines)
+    uses_torch = notebook is not None and _uses_torch(notebook) and importlib.util.find_spec("torch") is not None
+    return f"__import__('wandbflow.trial').trial.warm(torch={uses_torch}, sweep_ref={sweep_ref!r})"
 
 
 def _uses_torch(notebook: str) -> bool:
@@ -137,6 +136,7 @@ class KernelPool:
         self.gpus = gpus or []
         self.warm = warm
         self._executor = ThreadPoolExecutor(max_workers=max(1, lanes), thread_name_prefix="wandbflow-kernel")
+        self._retiring = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wandbflow-kernel-stop")
         self._next: dict[int, Future[Any]] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -172,8 +172,16 @@ class KernelPool:
                 self._next[lane] = self._start(lane)
         return future.result()
 
+    def retire(self, kernel: Any) -> None:
+        """Shut down a kernel whose trial is over, in the background (off the next trial's clock)."""
+        with self._lock:
+            if not self._closed:
+                self._retiring.submit(shutdown, kernel)
+                return
+        shutdown(kernel)
+
     def close(self) -> None:
-        """Shut down every kernel the pool started and has not handed out."""
+        """Shut down every kernel the pool started and has not handed out, and wait for the retired ones."""
         with self._lock:
             self._closed = True
             pending, self._next = list(self._next.values()), {}
@@ -183,6 +191,7 @@ class KernelPool:
             except Exception:  # a kernel that failed to start has nothing to shut down
                 logger.debug("wandbflow: pooled kernel had failed to start", exc_info=True)
         self._executor.shutdown(wait=True)
+        self._retiring.shutdown(wait=True)
 
     def __enter__(self) -> KernelPool:
         return self

@@ -108,7 +108,7 @@ def sweep_notebook(
         cwd=str(Path(path).parent),
         env=kernel_environment(ledger),
         gpus=gpus,
-        warm=kernels.warm_code(path),
+        warm=kernels.warm_code(path, target.ref),
     )
     try:
         with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="wandbflow-trial") as lanes:
@@ -205,7 +205,7 @@ class _Runner:
                 kernels.shutdown(kernel)
                 self.sweep.tell(assignment, "interrupted")
                 return
-            result = execute(self.spec(assignment), kernel, cancel=stop)
+            result = execute(self.spec(assignment), kernel, cancel=stop, retire=pool.retire)
             state = self.sweep.tell(assignment, _state(result), None)
             bar.set_postfix_str(f"#{assignment.number} {state}")
             bar.update(1)

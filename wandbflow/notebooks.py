@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,11 +110,18 @@ class TrialSpec:
     sweep_ref: str | None = None
 
 
-def execute(spec: TrialSpec, kernel: Any, *, cancel: threading.Event | None = None) -> NotebookResult:
-    """Execute one notebook in a started kernel (which this call shuts down) and return how it ended.
+def execute(
+    spec: TrialSpec,
+    kernel: Any,
+    *,
+    cancel: threading.Event | None = None,
+    retire: Callable[[Any], None] = kernels.shutdown,
+) -> NotebookResult:
+    """Execute one notebook in a started kernel and return how it ended.
 
     Never raises for what happens in the notebook: a failing cell, a dead kernel, a timeout or a cancellation is
-    in the result. ``cancel`` set interrupts the kernel (the run ends interrupted).
+    in the result. ``cancel`` set interrupts the kernel (the run ends interrupted). Once the kernel's run is
+    finished the kernel is handed to ``retire`` (default: shut down now); on Ctrl-C it is shut down here.
     """
     import papermill
     from papermill.engines import papermill_engines
@@ -156,7 +163,7 @@ def execute(spec: TrialSpec, kernel: Any, *, cancel: threading.Event | None = No
     unfinished = ledger.get(run_id)
     if unfinished is not None and unfinished.state == "running" and _alive(kernel):
         watchdog.finish_in_kernel(failure, spec.output)  # the epilogue did not run: run it now
-    kernels.shutdown(kernel)
+    retire(kernel)
     if failure:
         ledger.mark_crashed(run_id, error=f"{failure['ename']}: {failure['evalue']}")  # only if still running
     ledger.set_output(run_id, spec.output)
@@ -350,8 +357,12 @@ def kernel_environment(ledger: str) -> dict[str, str]:
     """The environment a trial kernel starts with: this process's, minus its inherited context, plus the ledger.
 
     The trial's own context is handed over by the prologue, not the environment, so a kernel started ahead of time
-    can take any trial.
+    can take any trial. Kernels share this process's W&B service (``WANDB_SERVICE``, started here if need be), as
+    W&B's own child processes do, rather than each starting one.
     """
+    import wandb
+
+    wandb.setup().ensure_service()
     env = {k: v for k, v in os.environ.items() if k not in (inherit.ENV_VAR, "WANDB_RUN_ID")}
     env["WANDBFLOW_LEDGER"] = ledger
     env.setdefault("WANDB_SILENT", "true")

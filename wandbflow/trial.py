@@ -9,6 +9,8 @@ executed notebook into the run and finishes it with the state the cells ended in
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import os
 from pathlib import Path
@@ -19,6 +21,29 @@ from wandbflow.errors import NotebookExecutionError
 from wandbflow.scope import Scope
 
 _trial: Scope | None = None
+
+
+def warm(*, torch: bool = False, sweep_ref: str | None = None) -> None:
+    """Get this kernel ready for a trial, off the trial's clock.
+
+    W&B's service up, its first-run imports done, the package list scanned, the sweep attached (its storage
+    opened when it prunes) and torch imported when asked. A pooled kernel runs it while the previous trial still
+    runs.
+    """
+    import wandb
+
+    from wandbflow import packages
+
+    wandb.setup().ensure_service()
+    packages.requirements()
+    with contextlib.suppress(ImportError):  # what wandb imports at its first init in a process (about 0.6 s)
+        importlib.import_module("wandb.sdk.launch")
+    if sweep_ref is not None:
+        from wandbflow.sweeps.sweep import attach
+
+        attach(sweep_ref).connect()
+    if torch:
+        importlib.import_module("torch")
 
 
 def begin(context_json: str, parameters_json: str, sweep_ref: str | None = None) -> None:

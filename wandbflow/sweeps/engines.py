@@ -217,6 +217,10 @@ class SweepEngine(ABC):
         """The monitor trial ``number`` reports its metric to; by default one that never prunes."""
         return TrialMonitor()
 
+    def connect(self, info: SweepInfo) -> None:
+        """Open what :meth:`monitor` needs in this process (a database connection), ahead of the first trial."""
+        return None
+
     def reap(self, info: SweepInfo) -> list[TrialRecord]:
         """Record as crashed the running trials whose process on this host is gone; return them."""
         return []

@@ -183,6 +183,10 @@ class Sweep:
         """Hand out no more trials; the running ones finish."""
         self.engine.stop(self.info, reason=reason)
 
+    def connect(self) -> None:
+        """Open the sweep's storage in this process now, so the first trial's monitor does not wait for it."""
+        self.engine.connect(self.info)
+
     def monitor(self, number: int) -> TrialMonitor:
         """What trial ``number`` reports its metric to (used by :func:`~wandbflow.sweeps.watch`)."""
         return self.engine.monitor(self.info, number)
