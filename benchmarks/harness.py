@@ -46,18 +46,14 @@ def timed(action: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def interleaved(a: Callable[[], Any], b: Callable[[], Any], pairs: int) -> tuple[list[float], list[float]]:
-    """Time ``a`` and ``b`` alternately (A B, B A, ...) so drift hits both equally."""
-    times_a: list[float] = []
-    times_b: list[float] = []
-    for i in range(pairs):
-        if i % 2:
-            times_b.append(timed(b))
-            times_a.append(timed(a))
-        else:
-            times_a.append(timed(a))
-            times_b.append(timed(b))
-    return times_a, times_b
+def take_turns(contenders: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
+    """Seconds of each contender in each round, their order rotating every round so drift hits all of them."""
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    names = list(contenders)
+    for i in range(rounds):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            times[name].append(timed(contenders[name]))
+    return times
 
 
 def machine() -> dict[str, Any]:

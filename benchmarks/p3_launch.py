@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import Figure, spread, timed
+from benchmarks.harness import Figure, spread, take_turns
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,16 +104,6 @@ def _warm(fn: Callable[[], None]) -> dict[str, Callable[[], Any]]:
     return contenders
 
 
-def _rounds(contenders: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
-    """Seconds of each contender in each round, their order rotating every round."""
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    names = list(contenders)
-    for i in range(rounds):
-        for name in names[i % len(names) :] + names[: i % len(names)]:
-            times[name].append(timed(contenders[name]))
-    return times
-
-
 def _median(times: dict[str, list[float]]) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in times.items()}
 
@@ -131,17 +121,17 @@ def measure(smoke: bool) -> Figure:
     import wandbflow as wf
 
     whole_rounds, warm_rounds, decorated_rounds = (1, 2, 1) if smoke else (5, 20, 5)
-    whole = _median(_rounds(_whole_process(), whole_rounds))
+    whole = _median(take_turns(_whole_process(), whole_rounds))
     contenders = _warm(past_first_all_reduce)
     for run in contenders.values():  # gloo, the fork paths and accelerate's imports are warm before timing
         run()
-    warm_times = _rounds(contenders, warm_rounds)
+    warm_times = take_turns(contenders, warm_rounds)
     warm = _median(warm_times)
     with tempfile.TemporaryDirectory() as root:
         os.environ.update(WANDB_SILENT="true", WANDB_DIR=root)
         decorated = wf.wandb_init(run_mode="new", project="p3", mode="offline")(past_first_all_reduce)
         with contextlib.redirect_stdout(io.StringIO()):  # the ranks' run cards
-            decorated_warm = _median(_rounds(_warm(decorated), decorated_rounds))
+            decorated_warm = _median(take_turns(_warm(decorated), decorated_rounds))
     ratios = {
         f"{setting}_vs_{other}": times["launch"] / times[other]
         for setting, times in (("whole", whole), ("warm", warm))
