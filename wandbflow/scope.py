@@ -330,12 +330,13 @@ def _open(scope: Scope) -> Frame:
             except OSError:  # the other ranks then write to their fallback files; this rank's run goes on
                 logger.exception("wandbflow: could not serve the relay of run %s", frame.run.id)
         frame.owns = True
+        run_settings = frame.run.settings  # a deep copy at each access: take it once
         try:
-            frame.ledger = _record_start(scope, frame, topology)
+            frame.ledger = _record_start(scope, frame, topology, run_settings)
         except Exception:  # the ledger is a record, never a reason to stop the user's work
             logger.exception("wandbflow: could not record run %s in the ledger", frame.run.id)
-        frame.card = _card(scope.name, frame.run, resolved)
         if not scope.quiet:
+            frame.card = _card(scope.name, frame.run, resolved, run_settings)
             display.show(frame.card)
     if frame.run is not None:
         _set_global_run(frame.run)
@@ -376,7 +377,7 @@ def _init_run(
     except BaseException:
         _release_process_settings()
         raise
-    if save_requirements and run.settings.mode != "disabled":
+    if save_requirements and values["mode"] != "disabled":
         try:
             source.save_file(run, "requirements.txt", packages.requirements())
         except Exception:  # a record of the environment, never a reason to stop the user's work
@@ -545,8 +546,8 @@ def _summary(run: Run) -> dict[str, Any]:
         return {}
 
 
-def _card(name: str, run: Run, resolved: settings_module.Resolved) -> display.RunCard:
-    mode = str(run.settings.mode)
+def _card(name: str, run: Run, resolved: settings_module.Resolved, run_settings: Any) -> display.RunCard:
+    mode = str(run_settings.mode)
     online = mode in ("online", "shared") and not run.offline
     host = resolved.get("host")
     return display.RunCard(
@@ -557,29 +558,21 @@ def _card(name: str, run: Run, resolved: settings_module.Resolved) -> display.Ru
         group=run.group or None,
         url=links.run_url(host, run.entity, run.project, run.id) if online else None,
         group_url=links.group_url(host, run.entity, run.project, run.group) if online and run.group else None,
-        run_dir=None if mode == "disabled" else str(run.settings.sync_dir),
+        run_dir=None if mode == "disabled" else str(run_settings.sync_dir),
     )
 
 
-def _ledger_for(run: Run) -> Ledger | None:
-    from wandbflow.ledger import Ledger, default_path
-
-    if run.settings.mode == "disabled":
-        return None
-    return Ledger(default_path(os.path.dirname(os.path.dirname(str(run.settings.sync_dir)))))
-
-
-def _record_start(scope: Scope, frame: Frame, topology: DistributedInfo | None) -> Ledger | None:
-    from wandbflow.ledger import RunRecord
+def _record_start(scope: Scope, frame: Frame, topology: DistributedInfo | None, run_settings: Any) -> Ledger | None:
+    from wandbflow.ledger import Ledger, RunRecord, default_path
 
     run = frame.run
     assert run is not None
-    ledger = _ledger_for(run)
-    if ledger is None:
+    if run_settings.mode == "disabled":
         return None
+    ledger = Ledger(default_path(os.path.dirname(os.path.dirname(str(run_settings.sync_dir)))))
     context = inherit.current()
     card_url = None
-    if not run.offline and run.settings.mode != "disabled":
+    if not run.offline:
         card_url = links.run_url(frame.resolved.get("host"), run.entity, run.project, run.id)
     ledger.record_start(
         RunRecord(
@@ -589,14 +582,14 @@ def _record_start(scope: Scope, frame: Frame, topology: DistributedInfo | None) 
             entity=run.entity or None,
             group=run.group or None,
             job_type=run.job_type or None,
-            mode=str(run.settings.mode),
-            dir=str(run.settings.sync_dir),
+            mode=str(run_settings.mode),
+            dir=str(run_settings.sync_dir),
             url=card_url,
             started_at=frame.started,
             config=redact(dict(run.config)),
             source_kind=scope.source_kind,
             source=scope.source,
-            notebook=source.notebook_path(run),
+            notebook=source.notebook_path(run_settings),
             session=naming.session_id(),
             rank=topology["rank"] if topology else None,
             local_rank=topology["local_rank"] if topology else None,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from wandb import Settings
     from wandb.sdk.wandb_run import Run
 
 logger = logging.getLogger("wandbflow")
@@ -37,13 +38,17 @@ def notebook_from_environment() -> str | None:
     return os.environ.get("PAPERMILL_INPUT_PATH") or None
 
 
-def notebook_path(run: Run | None = None) -> str | None:
-    """The path of the notebook the code runs in, or None outside a notebook or when it cannot be told."""
+def notebook_path(run_settings: Settings | None = None) -> str | None:
+    """The path of the notebook the code runs in, or None outside a notebook or when it cannot be told.
+
+    Args:
+        run_settings: A run's settings (``run.settings``), holding what W&B's own detection found.
+    """
     from wandbflow.display import in_notebook
 
     found = notebook_from_environment()
-    if found is None and run is not None:
-        found = getattr(run.settings, "x_jupyter_path", None) or getattr(run.settings, "notebook_name", None) or None
+    if found is None and run_settings is not None:
+        found = getattr(run_settings, "x_jupyter_path", None) or getattr(run_settings, "notebook_name", None) or None
     if found is None and in_notebook():  # not on launched ranks: in_notebook() is False there
         _say_unknown_once()
     return found
