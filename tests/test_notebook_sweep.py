@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -59,14 +58,15 @@ def test_a_grid_sweep_runs_every_point_once_in_parallel_kernels(train, wandb_env
         assert Path(row.output).exists()
 
 
-def test_pooled_kernels_are_warmed_outside_the_notebook_and_share_this_process_service(train, wandb_env):
-    wandb.teardown()  # wandb_env removed WANDB_SERVICE from the environment; the service sweep_notebook starts sets it
+def test_pooled_kernels_are_warmed_outside_the_notebook_and_own_their_service(train, wandb_env, monkeypatch):
+    wandb.setup().ensure_service()
+    monkeypatch.setenv("WANDB_SERVICE", "3-1-unix-/this-process-service")  # what a process with a service holds
     sweep = sweep_notebook(train, grid(lr=[0.1, 0.2]), parallel=2, progress=False)
     ledger = Ledger(default_path(wandb_env))
     for trial in sweep.records():
         summary = ledger.get(trial.run_id).summary
         assert summary["preloaded"] == "none", "warming left names in the notebook's namespace"
-        assert summary["service"] == os.environ["WANDB_SERVICE"]
+        assert summary["service"] != "3-1-unix-/this-process-service"  # a dead kernel's run must stay unfinished
 
 
 def test_failed_crashed_and_timed_out_trials_never_stop_the_sweep(train, wandb_env):
@@ -77,6 +77,8 @@ def test_failed_crashed_and_timed_out_trials_never_stop_the_sweep(train, wandb_e
     rows = {r.config.get("mode"): r for r in ledger.records(sweep_id=sweep.id)}
     assert rows["fail"].state == "failed" and "asked to fail" in rows["fail"].error
     assert rows["die"].state == "crashed"
+    wandb.teardown()  # a service this process holds must not close the dead kernel's run as finished
+    assert leet_summary(run_dirs(wandb_env)[rows["die"].run_id])["state"] != "finished"
     assert rows["hang"].state == "failed" and "timeout" in rows["hang"].error.lower()
     assert all(Path(r.output).exists() for r in rows.values()), "the executed notebook is kept, also on failure"
 

@@ -357,13 +357,10 @@ def kernel_environment(ledger: str) -> dict[str, str]:
     """The environment a trial kernel starts with: this process's, minus its inherited context, plus the ledger.
 
     The trial's own context is handed over by the prologue, not the environment, so a kernel started ahead of time
-    can take any trial. Kernels share this process's W&B service (``WANDB_SERVICE``, started here if need be), as
-    W&B's own child processes do, rather than each starting one.
+    can take any trial. Each kernel starts its own W&B service rather than sharing this process's
+    (``WANDB_SERVICE``): a shared service would close a dead kernel's run as finished when this process exits.
     """
-    import wandb
-
-    wandb.setup().ensure_service()
-    env = {k: v for k, v in os.environ.items() if k not in (inherit.ENV_VAR, "WANDB_RUN_ID")}
+    env = {k: v for k, v in os.environ.items() if k not in (inherit.ENV_VAR, "WANDB_RUN_ID", "WANDB_SERVICE")}
     env["WANDBFLOW_LEDGER"] = ledger
     env.setdefault("WANDB_SILENT", "true")
     return env
