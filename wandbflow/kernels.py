@@ -1,23 +1,27 @@
 """Jupyter kernels for notebook trials: started without port races, warmed ahead of time, never orphaned.
 
 Kernels that start at the same moment can pick the same ZMQ ports (papermill#511): a kernel's ports are chosen by
-the parent and bound by the child later. On POSIX kernels talk over Unix sockets (no ports at all); elsewhere, and
-as a second guard, starts are serialized, each held until its kernel answers, so a port is bound before the next
-kernel chooses. A :class:`KernelPool` keeps the next trial's kernel starting (with
-wandb, wandbflow and torch imported) while the current trial runs, so the per-trial overhead approaches zero.
+the parent and bound by the child later. On POSIX kernels talk over Unix sockets, each at its own path (no ports at
+all), so they start at once; elsewhere starts are serialized, each held until its kernel answers, so a port is bound
+before the next kernel chooses. A :class:`KernelPool` keeps the next trial's kernel starting (with wandb, wandbflow
+and torch imported) while the current trial runs, so the per-trial overhead approaches zero.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
+import signal
 import tempfile
 import threading
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 from wandbflow.errors import NotebookError
@@ -25,7 +29,9 @@ from wandbflow.errors import NotebookError
 logger = logging.getLogger("wandbflow")
 
 READY_TIMEOUT_S = 120.0
-_start_lock = threading.Lock()
+#: How long IOPub may stay silent after a kernel_info reply before the request is sent again (ZMQ's slow joiner).
+IOPUB_WAIT_S = 0.2
+_start_lock = threading.Lock()  # serializes kernel starts over TCP (papermill#511)
 
 
 def warm_code(notebook: str | None = None, sweep_ref: str | None = None) -> str:
@@ -49,12 +55,13 @@ def _uses_torch(notebook: str) -> bool:
 def start_kernel(
     *, kernel_name: str, cwd: str, env: Mapping[str, str], warm: str | None = None
 ) -> Any:  # a started jupyter_client KernelManager
-    """Start a kernel (serialized against other starts), wait until it answers, and run ``warm`` in it silently.
+    """Start a kernel, wait until it answers, and run ``warm`` in it silently.
 
     Raises:
         NotebookError: The kernel could not be started or did not answer.
     """
     from jupyter_client.manager import KernelManager
+    from jupyter_core.utils import run_sync
 
     ipc = os.name == "posix"  # Unix sockets: no ports to race for at all
     manager = KernelManager(
@@ -64,28 +71,70 @@ def start_kernel(
         # an absolute socket path (the kernel's cwd differs from ours), short enough for a Unix socket
         **({"ip": os.path.join(tempfile.gettempdir(), f"wandbflow-{uuid.uuid4().hex[:12]}")} if ipc else {}),
     )
-    with _start_lock:
+    client: Any = None
+    with contextlib.nullcontext() if ipc else _start_lock:
         try:
             manager.start_kernel(cwd=cwd, env=dict(env))
-            client = manager.blocking_client()
+            client = manager.blocking_client()  # made after the start: it copies the kernel's connection info
             client.start_channels()
-            try:
-                client.wait_for_ready(timeout=READY_TIMEOUT_S)
-            finally:
-                client.stop_channels()
+            run_sync(answer)(client, timeout=READY_TIMEOUT_S)
         except Exception as error:
+            if client is not None:
+                client.stop_channels()
             shutdown(manager)
             raise NotebookError(f"could not start kernel {kernel_name!r}: {error}", path=cwd) from error
-    if warm:
-        client = manager.blocking_client()
-        client.start_channels()
-        try:
+    try:
+        if warm:
             reply = client.execute_interactive(warm, silent=True, store_history=False, timeout=READY_TIMEOUT_S)
             if reply["content"]["status"] != "ok":
                 logger.warning("wandbflow: warming a trial kernel failed: %s", reply["content"].get("evalue"))
-        finally:
-            client.stop_channels()
+    finally:
+        client.stop_channels()
     return manager
+
+
+async def answer(client: Any, *, timeout: float) -> None:
+    """Wait until the kernel answers ``client`` on its shell channel and its IOPub channel is live.
+
+    Takes a started client, blocking or asynchronous. jupyter_client's ``wait_for_ready`` also waits for an IOPub
+    message after the shell reply (proof of the subscription: ZMQ's slow joiner), then for 0.2 s of IOPub silence;
+    this ends at that first message. What is left on IOPub is harmless: readers match messages to their request.
+    A request answered before the subscription was live is sent again.
+
+    Raises:
+        RuntimeError: The kernel died, or did not answer within ``timeout`` seconds.
+    """
+    from jupyter_core.utils import ensure_async
+
+    deadline = time.monotonic() + timeout
+    while True:
+        request = client.kernel_info()
+        replied = await _seen(client.shell_channel, _reply_to(request), until=min(deadline, time.monotonic() + 1.0))
+        # the kernel's IOPub welcome (ipykernel 7) or the status of our request (older kernels)
+        if replied and await _seen(client.iopub_channel, lambda msg: True, until=time.monotonic() + IOPUB_WAIT_S):
+            return
+        if not await ensure_async(client.is_alive()):
+            raise RuntimeError("the kernel died before it answered")
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"the kernel did not answer within {timeout:g}s")
+
+
+def _reply_to(request: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda msg: msg["parent_header"].get("msg_id") == request
+
+
+async def _seen(channel: Any, wanted: Callable[[dict[str, Any]], bool], *, until: float) -> bool:
+    """Whether a message ``wanted`` picks arrived on ``channel`` before ``until`` (others are dropped)."""
+    from jupyter_core.utils import ensure_async
+
+    while (left := until - time.monotonic()) > 0:
+        try:
+            msg = await ensure_async(channel.get_msg(timeout=left))
+        except Empty:
+            return False
+        if wanted(msg):
+            return True
+    return False
 
 
 def shutdown(manager: Any) -> None:
@@ -96,7 +145,7 @@ def shutdown(manager: Any) -> None:
     except Exception:  # shutting down is best effort; the process may be gone already
         logger.debug("wandbflow: kernel shutdown raised", exc_info=True)
         try:
-            manager.kill_kernel()
+            manager.signal_kernel(getattr(signal, "SIGKILL", signal.SIGTERM))
         except Exception:
             logger.debug("wandbflow: kernel kill raised", exc_info=True)
 
@@ -136,7 +185,7 @@ class KernelPool:
         self.gpus = gpus or []
         self.warm = warm
         self._executor = ThreadPoolExecutor(max_workers=max(1, lanes), thread_name_prefix="wandbflow-kernel")
-        self._retiring = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wandbflow-kernel-stop")
+        self._retiring = ThreadPoolExecutor(max_workers=max(1, lanes), thread_name_prefix="wandbflow-kernel-stop")
         self._next: dict[int, Future[Any]] = {}
         self._lock = threading.Lock()
         self._closed = False

@@ -245,6 +245,8 @@ class _Watchdog:
         Interrupts the kernel first when Ctrl-C stopped this process; best effort: a run that stays open is then
         recorded as crashed by the caller.
         """
+        from jupyter_core.utils import run_sync
+
         self._done.set()
         try:
             if failure is _INTERRUPTED:
@@ -252,6 +254,7 @@ class _Watchdog:
             client = self.kernel.blocking_client()
             client.start_channels()
             try:
+                run_sync(kernels.answer)(client, timeout=EPILOGUE_TIMEOUT_S)
                 client.execute_interactive(
                     self.epilogue_for(failure, output), silent=True, store_history=False, timeout=EPILOGUE_TIMEOUT_S
                 )

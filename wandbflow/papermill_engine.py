@@ -11,9 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from jupyter_core.utils import ensure_async, run_sync
+from nbclient.util import run_hook
 from papermill.clientwrap import PapermillNotebookClient
 from papermill.engines import NBClientEngine
 
+from wandbflow import kernels
 from wandbflow.errors import NotebookExecutionError
 
 SILENT_TIMEOUT_S = 120.0
@@ -45,6 +48,25 @@ class TrialClient(PapermillNotebookClient):  # type: ignore[misc]
         super().__init__(nb_man, **kwargs)
         self.prologue = prologue
         self.epilogue_for = epilogue_for
+
+    async def async_start_new_kernel_client(self) -> Any:
+        """A client of the caller's started kernel, ready once the kernel answers it (:func:`kernels.answer`).
+
+        nbclient's own ends with ``wait_for_ready``'s 0.2 s of IOPub silence, paid by every trial.
+        """
+        self.kc = self.km.client()
+        await ensure_async(self.kc.start_channels())
+        try:
+            await kernels.answer(self.kc, timeout=self.startup_timeout)
+        except Exception:
+            await ensure_async(self.kc.stop_channels())
+            self.kc = None
+            raise
+        self.kc.allow_stdin = False
+        await run_hook(self.on_notebook_start, notebook=self.nb)
+        return self.kc
+
+    start_new_kernel_client = run_sync(async_start_new_kernel_client)  # nbclient binds its own at class creation
 
     def papermill_execute_cells(self) -> None:
         """Prologue, the cells (papermill stops at the first failure), the notebook saved, epilogue."""
