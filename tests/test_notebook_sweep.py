@@ -40,8 +40,10 @@ def train(wandb_env):
     return target / "train.ipynb"
 
 
-def test_a_grid_sweep_runs_every_point_once_in_parallel_kernels(train, wandb_env):
-    sweep = sweep_notebook(train, grid(lr=[0.1, 0.2, 0.3]), parameters={"epochs": 2}, parallel=2, progress=False)
+def test_a_grid_sweep_runs_every_point_once_in_parallel_kernels(train, wandb_env, capfd):
+    sweep = sweep_notebook(train, grid(lr=[0.1, 0.2, 0.3]), parameters={"epochs": 2}, parallel=2)
+    bar = capfd.readouterr().err.rsplit("\r", 1)[-1]  # the progress bar as it ended: the best final so far
+    assert f"sweep {sweep.id}" in bar and "3/3" in bar and "best final=0.05" in bar
     trials = sweep.trials()
     assert sorted(p["lr"] for p in trials["params"]) == [0.1, 0.2, 0.3]
     assert set(trials["state"]) == {"finished"}

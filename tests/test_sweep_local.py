@@ -98,6 +98,36 @@ def test_agent_runs_each_trial_as_a_scoped_run(wandb_env):
         assert (entry.sweep_id, entry.trial_id, entry.state) == (sweep.id, str(row.trial), "finished")
 
 
+def test_agent_progress_bar_counts_trials_and_shows_the_best_metric_for_its_goal(wandb_env, capfd):
+    @wf.wandb_init
+    def objective():
+        run = wf.get_wandb_run()
+        run.log({"acc": {1: 0.7, 2: 0.9, 3: 0.8}[run.config["a"]]})
+
+    sweep = wf.sweep(
+        {"method": "grid", "metric": {"name": "acc", "goal": "maximize"}, "parameters": {"a": {"values": [1, 2, 3]}}}
+    )
+    assert wf.agent(sweep, objective) == 3
+    bar = capfd.readouterr().err.rsplit("\r", 1)[-1]
+    assert f"sweep {sweep.id}" in bar and "3/3" in bar and "#2 finished, best acc=0.9" in bar
+
+
+def test_trial_progress_from_many_threads_counts_every_trial_and_keeps_the_best(wandb_env, capfd):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from wandbflow.sweeps.progress import TrialProgress
+
+    space = {"a": {"min": 0.0, "max": 1.0}}
+    sweep = wf.sweep({"method": "random", "metric": {"name": "loss"}, "parameters": space, "run_cap": 40})
+    bar = TrialProgress(sweep, count=None)  # the total is the sweep's cap
+    values = [None if n % 7 == 0 else 10.0 - (n * 37 % 40) / 4 for n in range(40)]
+    with ThreadPoolExecutor(max_workers=4) as lanes:
+        list(lanes.map(lambda n: bar.ended(n, "finished" if values[n] is not None else "failed", values[n]), range(40)))
+    bar.close()
+    assert bar.best == min(v for v in values if v is not None)
+    assert "40/40" in capfd.readouterr().err.rsplit("\r", 1)[-1]
+
+
 def test_run_cap_is_honoured(wandb_env):
     sweep = wf.sweep({"method": "random", "parameters": {"a": {"min": 0.0, "max": 1.0}}, "run_cap": 3})
     assert wf.agent(sweep, sweep_workers.objective, count=10, progress=False) == 3

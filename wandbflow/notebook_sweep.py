@@ -25,6 +25,7 @@ from wandbflow.notebooks import NotebookResult, TrialSpec, check_notebook, execu
 
 if TYPE_CHECKING:
     from wandbflow.sweeps.engines import TrialAssignment
+    from wandbflow.sweeps.progress import TrialProgress
     from wandbflow.sweeps.sweep import Sweep
 
 logger = logging.getLogger("wandbflow")
@@ -61,7 +62,7 @@ def sweep_notebook(
         timeout: Seconds after which a trial's kernel is interrupted (and killed if it does not stop).
         strict: Require the parameters cell to define every parameter.
         kernel_name: The Jupyter kernel trials run in.
-        progress: Show a progress bar over the trials.
+        progress: Show a progress bar over the trials, with the best value of the metric so far.
         on_result: Called after each trial with its assignment, result and the state the sweep recorded.
         cancel: Set it to stop: no new trials start and running ones are interrupted.
 
@@ -99,9 +100,9 @@ def sweep_notebook(
     gpus = kernels.visible_gpus()
     if gpus:
         logger.info("wandbflow: trials get one GPU each, from %s", ", ".join(gpus))
-    from tqdm.auto import tqdm
+    from wandbflow.sweeps.progress import TrialProgress
 
-    bar = tqdm(total=count, desc=f"sweep {target.id}", unit="trial", disable=not progress)
+    bar = TrialProgress(target, count=count, enabled=progress)
     pool = kernels.KernelPool(
         parallel,
         kernel_name=kernel_name,
@@ -194,7 +195,9 @@ class _Runner:
         self.settings = settings
         self.on_result = on_result
 
-    def lane(self, lane: int, pool: kernels.KernelPool, budget: _Budget, stop: threading.Event, bar: Any) -> None:
+    def lane(
+        self, lane: int, pool: kernels.KernelPool, budget: _Budget, stop: threading.Event, bar: TrialProgress
+    ) -> None:
         pool.prepare(lane)
         while not stop.is_set() and budget.take():
             assignment = self.sweep.ask()
@@ -207,8 +210,8 @@ class _Runner:
                 return
             result = execute(self.spec(assignment), kernel, cancel=stop, retire=pool.retire)
             state = self.sweep.tell(assignment, _state(result), None)
-            bar.set_postfix_str(f"#{assignment.number} {state}")
-            bar.update(1)
+            metric = self.sweep.config.metric
+            bar.ended(assignment.number, state, metric.read(result.summary) if metric and state == "finished" else None)
             if self.on_result is not None:
                 self.on_result(assignment, result, state)
 

@@ -139,6 +139,11 @@ class Metric:
         """True when ``value`` is strictly better than ``than`` for the goal."""
         return value < than if self.goal == "minimize" else value > than
 
+    def read(self, summary: Mapping[str, Any]) -> float | None:
+        """This metric's value in a run's summary; None when it is missing or not a number."""
+        found = summary.get(self.name)
+        return float(found) if isinstance(found, int | float) and not isinstance(found, bool) else None
+
 
 @dataclass(frozen=True)
 class Hyperband:

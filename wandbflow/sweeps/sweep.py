@@ -122,8 +122,7 @@ class Sweep:
         if value is None and state == "finished" and ledger is not None and self.config.metric is not None:
             record = ledger.get(run_id)
             if record is not None:
-                found = record.summary.get(self.config.metric.name)
-                value = float(found) if isinstance(found, int | float) and not isinstance(found, bool) else None
+                value = self.config.metric.read(record.summary)
         recorded = self.engine.tell(self.info, number, state, value)
         if ledger is not None:
             _record_end(ledger, run_id, recorded)
@@ -294,7 +293,8 @@ def agent(sweep: Sweep | str, function: Callable[[], Any], *, count: int | None 
         sweep: The sweep, or its id.
         function: The trial, called with no arguments.
         count: The most trials this agent runs; None: until the sweep has no more to hand out.
-        progress: Show a progress bar over the trials (tqdm; a widget in a notebook).
+        progress: Show a progress bar over the trials, with the best value of the metric so far (tqdm; a widget in
+            a notebook).
 
     Returns:
         How many trials this agent ran.
@@ -306,23 +306,11 @@ def agent(sweep: Sweep | str, function: Callable[[], Any], *, count: int | None 
     if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
         raise ConfigError(f"must be a positive integer or None (got {count!r})", key="count")
     target = sweep if isinstance(sweep, Sweep) else load(sweep)
-    from tqdm.auto import tqdm
+    from wandbflow.sweeps.progress import TrialProgress
 
-    cap = target.config.max_trials
-    left = None if cap is None else max(0, cap - len(target.records()))
-    totals = [n for n in (count, left) if n is not None]
-    bar = tqdm(total=min(totals) if totals else None, desc=f"sweep {target.id}", unit="trial", disable=not progress)
-    best: list[float] = []
-    metric = target.config.metric
-
-    def on_trial(number: int, state: str, value: float | None) -> None:
-        if metric is not None and value is not None and (not best or metric.better(value, best[0])):
-            best[:] = [value]
-        bar.set_postfix_str(f"#{number} {state}" + (f", best {metric.name}={best[0]:.4g}" if best and metric else ""))
-        bar.update(1)
-
+    bar = TrialProgress(target, count=count, enabled=progress)
     try:
-        return target.engine.serve(target, function, count=count, on_trial=on_trial)
+        return target.engine.serve(target, function, count=count, on_trial=bar.ended)
     finally:
         bar.close()
 
