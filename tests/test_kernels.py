@@ -38,18 +38,13 @@ class _CountingLock:
 
 
 def _value(manager, code: str) -> str:
-    client = manager.blocking_client()
-    client.start_channels()
-    try:
-        run_sync(kernels.answer)(client, timeout=60)
-        outputs: list[str] = []
+    outputs: list[str] = []
+    with kernels.ready_client(manager, timeout=60) as client:
         reply = client.execute_interactive(
             code, timeout=60, output_hook=lambda msg: outputs.append(msg["content"].get("text", ""))
         )
-        assert reply["content"]["status"] == "ok"
-        return "".join(outputs).strip()
-    finally:
-        client.stop_channels()
+    assert reply["content"]["status"] == "ok"
+    return "".join(outputs).strip()
 
 
 def test_kernels_over_unix_sockets_start_at_once_each_at_its_own_path(tmp_path, monkeypatch):

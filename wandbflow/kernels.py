@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from queue import Empty
@@ -61,7 +61,6 @@ def start_kernel(
         NotebookError: The kernel could not be started or did not answer.
     """
     from jupyter_client.manager import KernelManager
-    from jupyter_core.utils import run_sync
 
     ipc = os.name == "posix"  # Unix sockets: no ports to race for at all
     manager = KernelManager(
@@ -71,26 +70,37 @@ def start_kernel(
         # an absolute socket path (the kernel's cwd differs from ours), short enough for a Unix socket
         **({"ip": os.path.join(tempfile.gettempdir(), f"wandbflow-{uuid.uuid4().hex[:12]}")} if ipc else {}),
     )
-    client: Any = None
-    with contextlib.nullcontext() if ipc else _start_lock:
-        try:
-            manager.start_kernel(cwd=cwd, env=dict(env))
-            client = manager.blocking_client()  # made after the start: it copies the kernel's connection info
-            client.start_channels()
-            run_sync(answer)(client, timeout=READY_TIMEOUT_S)
-        except Exception as error:
-            if client is not None:
-                client.stop_channels()
-            shutdown(manager)
-            raise NotebookError(f"could not start kernel {kernel_name!r}: {error}", path=cwd) from error
-    try:
+    with contextlib.ExitStack() as channels:
+        with contextlib.nullcontext() if ipc else _start_lock:
+            try:
+                manager.start_kernel(cwd=cwd, env=dict(env))
+                client = channels.enter_context(ready_client(manager, timeout=READY_TIMEOUT_S))
+            except Exception as error:
+                shutdown(manager)
+                raise NotebookError(f"could not start kernel {kernel_name!r}: {error}", path=cwd) from error
         if warm:
             reply = client.execute_interactive(warm, silent=True, store_history=False, timeout=READY_TIMEOUT_S)
             if reply["content"]["status"] != "ok":
                 logger.warning("wandbflow: warming a trial kernel failed: %s", reply["content"].get("evalue"))
+    return manager
+
+
+@contextlib.contextmanager
+def ready_client(manager: Any, *, timeout: float) -> Iterator[Any]:
+    """A blocking client of ``manager``'s kernel, once the kernel answers it (:func:`answer`); stopped after use.
+
+    Raises:
+        RuntimeError: The kernel died, or did not answer within ``timeout`` seconds.
+    """
+    from jupyter_core.utils import run_sync
+
+    client = manager.blocking_client()  # made after the kernel started: it copies the kernel's connection info
+    client.start_channels()
+    try:
+        run_sync(answer)(client, timeout=timeout)
+        yield client
     finally:
         client.stop_channels()
-    return manager
 
 
 async def answer(client: Any, *, timeout: float) -> None:

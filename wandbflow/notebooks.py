@@ -245,21 +245,14 @@ class _Watchdog:
         Interrupts the kernel first when Ctrl-C stopped this process; best effort: a run that stays open is then
         recorded as crashed by the caller.
         """
-        from jupyter_core.utils import run_sync
-
         self._done.set()
         try:
             if failure is _INTERRUPTED:
                 self.kernel.interrupt_kernel()
-            client = self.kernel.blocking_client()
-            client.start_channels()
-            try:
-                run_sync(kernels.answer)(client, timeout=EPILOGUE_TIMEOUT_S)
+            with kernels.ready_client(self.kernel, timeout=EPILOGUE_TIMEOUT_S) as client:
                 client.execute_interactive(
                     self.epilogue_for(failure, output), silent=True, store_history=False, timeout=EPILOGUE_TIMEOUT_S
                 )
-            finally:
-                client.stop_channels()
         except Exception:  # best effort, see above
             logger.warning("wandbflow: the kernel did not finish its run", exc_info=True)
 
